@@ -1,0 +1,137 @@
+//! The context-switch primitive: the one place where execution moves from one stack to another.
+//!
+//! Everything above this module (stacks excepted) is expressed in terms of three operations:
+//!
+//! - [`init`] writes an initial frame near the top of a fresh stack, so that the first switch
+//!   into it calls an entry function `entry(arg, data)` on that stack;
+//! - [`switch`] suspends the running context, saving what the ABI says a callee must preserve,
+//!   and resumes another one, handing it one machine word; it returns the word handed back by
+//!   whichever context later resumes us;
+//! - [`switch_final`] resumes another context without saving the running one: the last switch
+//!   made by a context whose stack is about to be released.
+//!
+//! A [`Context`] is two words: the saved stack pointer of a suspended context, and the address of
+//! its *link slot*. The link slot of a greenlet stack sits at the top of that stack; each switch
+//! writes the switcher's stack pointer into the target's link slot, and the entry trampoline's
+//! DWARF CFI reads it back, so an unwinder (a backtrace, gdb) walking up from the target's root
+//! frame steps into the frames of the context that resumed it:
+//!
+//! ```text
+//!   greenlet stack                         resumer's stack
+//!   +------------------+  top              |        ...        |
+//!   | entry fn         |                   | resumer's frames  |
+//!   | link slot  ------+------------------>+-------------------+ <- resumer's saved sp
+//!   | data             |                   | saved rbp, rip,   |
+//!   | ...              |                   | rbx (see x86_64)  |
+//!   | trampoline frame |
+//!   | entry(arg, data) |
+//!   | user frames      |  <- running
+//! ```
+//!
+//! Only the link of the *running* context is kept: a switch resets the switcher's own link to a
+//! terminator (a frame whose return address is zero, which ends every unwinder's walk). A
+//! backtrace therefore crosses exactly one stack boundary, into the stack that resumed the
+//! running one (for a greenlet driven from the thread's own stack, that is the whole thread
+//! stack down to `main`). Longer chains would go stale the moment the greenlets in them switch
+//! among themselves in a cycle, and an unwinder following a stale link reads whatever now lies
+//! there; a one-step chain is always exact.
+//!
+//! Unwinding never crosses the assembly: entry functions are `extern "C"` and `-> !`, so a panic
+//! that escaped one would abort; the greenlet layer catches every panic at the root of each
+//! stack and carries it across a switch as a value.
+//!
+//! Backends, chosen at compile time:
+//!
+//! - `x86_64.rs`: x86_64 System V in Rust inline assembly, with CFI. The default on x86_64
+//!   Unix targets.
+//! - `fallback.rs`: the `context` crate (Boost.Context's `fcontext` assembly) for every other
+//!   Unix target, and on x86_64 when built with `RUSTFLAGS='--cfg awaitlet_backend="context"'`.
+//!   It has no CFI, so backtraces stop at the root of each greenlet stack.
+
+use std::cell::{Cell, UnsafeCell};
+
+// The backend ladder: the first matching rung wins, and the last one refuses to build.
+#[cfg(all(
+    target_arch = "x86_64",
+    unix,
+    not(target_vendor = "apple"),
+    not(awaitlet_backend = "context")
+))]
+#[path = "x86_64.rs"]
+mod backend;
+
+#[cfg(all(
+    unix,
+    any(not(target_arch = "x86_64"), target_vendor = "apple", awaitlet_backend = "context")
+))]
+#[path = "fallback.rs"]
+mod backend;
+
+#[cfg(not(unix))]
+compile_error!(
+    "awaitlet supports Unix targets only: its stacks are mmap'd with a guard page and an overflow \
+     is reported from a SIGSEGV handler; no backend exists for this target yet"
+);
+
+pub(crate) use backend::{BACKEND_NAME, init, switch, switch_final};
+
+/// The signature of a function that starts a fresh stack.
+///
+/// It receives the word passed by the first [`switch`] into the context and the `data` pointer
+/// given to [`init`]. It must never return and never unwind: it ends by a [`switch_final`] (or
+/// by switching away forever).
+pub(crate) type EntryFn = unsafe extern "C" fn(arg: usize, data: *mut ()) -> !;
+
+/// A suspended, or running, execution context: its saved stack pointer and its link slot.
+///
+/// While a context runs, `sp` is stale; it is written by the [`switch`] that suspends it.
+#[repr(C)]
+pub(crate) struct Context {
+    /// The saved stack pointer (backend specific meaning: the `fcontext` handle in the fallback).
+    sp: Cell<usize>,
+    /// Where switches into this context record the switcher's stack pointer (see the module docs).
+    link: *mut usize,
+}
+
+/// The frame an unwinder reads when a link is reset: return address zero ends the walk, and the
+/// saved registers it names read as zero. Never written.
+#[repr(C, align(16))]
+pub(crate) struct Terminator([usize; 4]);
+
+/// See [`Terminator`].
+pub(crate) static TERMINATOR: Terminator = Terminator([0; 4]);
+
+thread_local! {
+    /// Link slot shared by every context that runs on a thread's own stack (main greenlets, the
+    /// callers of engine fibers). Nothing unwinds through it: such a context has no trampoline.
+    /// Const-initialised without a destructor, so it stays valid until the thread is gone.
+    static THREAD_LINK: UnsafeCell<usize> = const { UnsafeCell::new(0) };
+}
+
+impl Context {
+    /// A context for code running on the thread's own stack (not on a stack made by [`init`]).
+    /// Its `sp` is filled in by the first [`switch`] away from it.
+    pub(crate) fn for_thread_stack() -> Context {
+        Context {
+            sp: Cell::new(0),
+            link: THREAD_LINK.with(|link| link.get()),
+        }
+    }
+
+    /// A context whose initial frame has already been written at `sp` with its link slot at `link`.
+    fn from_parts(sp: usize, link: *mut usize) -> Context {
+        Context {
+            sp: Cell::new(sp),
+            link,
+        }
+    }
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Context {{ sp: {:#x} }}", self.sp.get())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,200 @@
+//! x86_64 System V (ELF) context switch, in inline assembly with DWARF CFI.
+//!
+//! # What a switch saves
+//!
+//! A switch is a function call as far as the ABI is concerned, so only the callee-saved state
+//! has to survive it: `rsp`, `rbx`, `rbp`, `r12`-`r15`, and the control bits of MXCSR and the x87
+//! control word. The switch is an `#[inline(always)]` `asm!` block that declares every
+//! caller-saved register (`clobber_abi("C")`) and `r12`-`r15` as clobbered: the compiler then
+//! spills only those of them that actually hold live values at the call site, which is usually
+//! none or few. `rbx` and `rbp` cannot be declared as clobbers (LLVM reserves them), so the block
+//! pushes them itself.
+//!
+//! MXCSR and the x87 control word are *not* saved. They are per-thread floating-point modes
+//! (rounding, denormals-are-zero, exception masks) that Rust code never changes in the normal
+//! course of things; saving and restoring them costs `stmxcsr`/`ldmxcsr`/`fnstcw`/`fldcw`, about
+//! half of a Boost.Context switch. A program that does change them changes them for the whole
+//! thread, across every greenlet, exactly as it would across ordinary function calls.
+//!
+//! # Frames
+//!
+//! A suspended context's stack pointer points at a three-word frame:
+//!
+//! ```text
+//!   sp + 16  | saved rbx        |
+//!   sp + 8   | resume address   |  <- together with the word below: a frame-pointer
+//!   sp + 0   | saved rbp        |     record, so rbp-chain profilers walk across too
+//! ```
+//!
+//! Resuming is `mov rsp, [target.sp]` then `jmp [rsp + 8]`. No `call`/`ret` pair is involved, so
+//! the return-address predictor never sees an unbalanced return; each inlined switch site owns
+//! its indirect jump, which the branch target buffer predicts well in ping-pong patterns.
+//!
+//! A fresh stack is given a frame of the same shape whose resume address is the trampoline:
+//!
+//! ```text
+//!   top      +------------------+  (16-byte aligned)
+//!   top - 8  | entry fn         |
+//!   top - 16 | link slot        |  <- CFA expression reads this
+//!   top - 24 | data             |
+//!   top - 32 | (rbx: unused)    |
+//!   top - 40 | trampoline       |
+//!   top - 48 | (rbp: 0)         |  <- initial sp
+//! ```
+//!
+//! The trampoline loads `data`, points `rbp` at the link slot (so the frame-pointer chain
+//! continues into the resumer), pushes its own return address and jumps to the entry function,
+//! which therefore starts with the ABI's alignment (`rsp % 16 == 8`). The entry function never
+//! returns.
+//!
+//! # CFI
+//!
+//! The trampoline's frame describes its caller as "whoever switched into this stack last":
+//! `CFA = *(rsp + 32) + 24` (the link slot holds the resumer's saved sp; its frame is 24 bytes),
+//! and `rip`, `rbp`, `rbx` are found at `CFA - 16`, `CFA - 24`, `CFA - 8`. The unwinder then
+//! continues in the resumer's function at the instruction right after its switch, with `rsp`
+//! equal to what that function had before its `asm!` block, which is exactly what that
+//! function's own CFI expects at that address.
+//!
+//! The trampoline is marked as a signal frame: stacks live at arbitrary addresses, and gdb
+//! rejects a caller frame at a lower address than its callee unless the callee is a signal frame.
+//! As with real signal frames, the unwinder looks up the caller's CFI at the resume address
+//! itself rather than one byte before it, so the resume label is never the last byte of the
+//! `asm!` block.
+
+use std::arch::{asm, global_asm};
+
+use super::{Context, EntryFn, TERMINATOR};
+
+/// Name of this backend, for diagnostics and tests.
+pub(crate) const BACKEND_NAME: &str = "x86_64";
+
+global_asm!(
+    ".pushsection .text.awaitlet_x86_64_trampoline,\"ax\",@progbits",
+    ".balign 16",
+    ".globl awaitlet_x86_64_trampoline_v0",
+    ".hidden awaitlet_x86_64_trampoline_v0",
+    ".type awaitlet_x86_64_trampoline_v0,@function",
+    "awaitlet_x86_64_trampoline_v0:",
+    ".cfi_startproc",
+    ".cfi_signal_frame",
+    // Nothing to unwind into until the frame below is set up.
+    ".cfi_undefined rip",
+    // On entry: rsp = initial sp (top - 48), rdi = the first switch's word.
+    "mov rsi, [rsp + 24]",
+    "lea rbp, [rsp + 32]",
+    // DW_CFA_def_cfa_expression, 5 bytes: DW_OP_breg7 (rsp) + 32; DW_OP_deref;
+    // DW_OP_plus_uconst 24.
+    ".cfi_escape 0x0f, 5, 0x77, 32, 0x06, 0x23, 24",
+    ".cfi_offset rbx, -8",
+    ".cfi_offset rip, -16",
+    ".cfi_offset rbp, -24",
+    "lea rax, [rip + 2f]",
+    "push rax",
+    "jmp qword ptr [rsp + 48]",
+    "2:",
+    // Never reached: entry functions do not return. Also keeps the return address inside
+    // this function's bounds for unwinders that look it up as is.
+    "ud2",
+    ".cfi_endproc",
+    ".size awaitlet_x86_64_trampoline_v0, . - awaitlet_x86_64_trampoline_v0",
+    ".popsection",
+);
+
+unsafe extern "C" {
+    /// Has no Rust signature: it is only ever reached by the `jmp` of a switch (see above).
+    fn awaitlet_x86_64_trampoline_v0();
+}
+
+/// Writes the initial frame for `entry(arg, data)` below `stack_top` and returns its context.
+///
+/// # Safety
+///
+/// `stack_top` must be 16-byte aligned, the top of a writable region of at least 64 bytes that
+/// stays allocated (and unused by anything else) for as long as the context may run or be
+/// switched to.
+pub(crate) unsafe fn init(stack_top: *mut u8, _stack_bottom: *mut u8, entry: EntryFn, data: *mut ()) -> Context {
+    debug_assert_eq!(stack_top as usize % 16, 0);
+    let top = stack_top.cast::<usize>();
+    // SAFETY: the caller gives us the 48 bytes below `stack_top`, aligned for words.
+    unsafe {
+        top.sub(1).write(entry as *const () as usize);
+        top.sub(2).write(TERMINATOR.0.as_ptr() as usize);
+        top.sub(3).write(data as usize);
+        top.sub(4).write(0);
+        top.sub(5).write(awaitlet_x86_64_trampoline_v0 as *const () as usize);
+        top.sub(6).write(0);
+        Context::from_parts(top.sub(6) as usize, top.sub(2))
+    }
+}
+
+/// Suspends the running context into `from` and resumes `to`, handing it `arg`. Returns the word
+/// handed over by the switch that eventually resumes `from`.
+///
+/// # Safety
+///
+/// `from` must describe the running context and `to` a suspended one of the same thread (made by
+/// [`init`], or suspended by an earlier `switch`); both must stay valid until `from` is resumed.
+/// Whatever runs on `to` must not unwind into this frame: control returns here only by a switch.
+#[inline(always)]
+pub(crate) unsafe fn switch(arg: usize, from: &Context, to: &Context) -> usize {
+    let received: usize;
+    // SAFETY: the caller guarantees `from` is us and `to` a resumable context; the block saves
+    // every callee-saved register it is not allowed to declare clobbered (rbx, rbp) on our
+    // stack, and declares all the others clobbered, so the compiler saves what is live.
+    unsafe {
+        asm!(
+            "push rbx",
+            "lea rax, [rip + 2f]",
+            "push rax",
+            "push rbp",
+            // from.sp = rsp; our own link is no longer walked: reset it.
+            "mov [rsi], rsp",
+            "mov rax, [rsi + 8]",
+            "mov [rax], r8",
+            // to's link = our frame, for its trampoline's CFI.
+            "mov rax, [rdx + 8]",
+            "mov [rax], rsp",
+            "mov rsp, [rdx]",
+            "jmp qword ptr [rsp + 8]",
+            // Resumed here by another switch, rdi holding the word it passed.
+            "2:",
+            "pop rbp",
+            "lea rsp, [rsp + 8]",
+            "pop rbx",
+            inout("rdi") arg => received,
+            in("rsi") from as *const Context,
+            in("rdx") to as *const Context,
+            in("r8") TERMINATOR.0.as_ptr(),
+            lateout("r12") _,
+            lateout("r13") _,
+            lateout("r14") _,
+            lateout("r15") _,
+            clobber_abi("C"),
+        );
+    }
+    received
+}
+
+/// Resumes `to` with `arg` without saving the running context, which is never resumed again.
+///
+/// # Safety
+///
+/// As for [`switch`]'s `to`. The running stack may be released only once `to` runs.
+#[inline(always)]
+pub(crate) unsafe fn switch_final(arg: usize, to: &Context) -> ! {
+    // SAFETY: the caller guarantees `to` is resumable; nothing of ours survives the jump. The
+    // target's link is reset rather than pointed at this stack, which is about to be released.
+    unsafe {
+        asm!(
+            "mov rax, [rdx + 8]",
+            "mov [rax], r8",
+            "mov rsp, [rdx]",
+            "jmp qword ptr [rsp + 8]",
+            in("rdi") arg,
+            in("rdx") to as *const Context,
+            in("r8") TERMINATOR.0.as_ptr(),
+            options(noreturn),
+        );
+    }
+}

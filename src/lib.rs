@@ -1,0 +1,30 @@
+//! # awaitlet
+//!
+//! Stackful coroutines ("greenlets") for Rust, and the bridge that lets plain synchronous code
+//! await futures from inside any async executor.
+//!
+//! The crate is built in layers, each depending only on the ones below it:
+//!
+//! 1. `arch`: the context switch, hand-written x86_64 System V assembly with unwind info, or
+//!    Boost.Context's `fcontext` (through the `context` crate) everywhere else;
+//! 2. [`stack`]: mmap'd stacks with a guard page, lazily committed and pooled per thread, with a
+//!    clear report on overflow;
+//! 3. greenlets and the async bridge, on top (in progress).
+//!
+//! Supported targets: Unix. x86_64 Linux uses the native backend; other architectures (and
+//! x86_64 built with `RUSTFLAGS='--cfg awaitlet_backend="context"'`) use the portable one.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs, unreachable_pub)]
+#![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
+
+mod arch;
+#[doc(hidden)]
+pub mod engine;
+pub mod stack;
+
+/// The context-switch backend compiled in: `"x86_64"` (native) or `"context"` (portable fallback).
+///
+/// ```
+/// assert!(["x86_64", "context"].contains(&awaitlet::BACKEND));
+/// ```
+pub const BACKEND: &str = arch::BACKEND_NAME;

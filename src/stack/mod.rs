@@ -1,0 +1,461 @@
+//! Greenlet stacks: mmap'd, guard-paged, lazily committed, pooled per thread.
+//!
+//! # Layout
+//!
+//! Each stack is one anonymous private mapping. Its lowest page is made `PROT_NONE`, so running
+//! off the end faults instead of scribbling over a neighbour; a small header sits at the very
+//! top, above the first frame:
+//!
+//! ```text
+//!   mapping end   +-------------------------+
+//!                 | header (registry, size) |
+//!   stack top --> +-------------------------+  16-byte aligned; the arch layer's frame goes here
+//!                 |                         |
+//!                 |  usable stack           |  grows down; pages are committed by the kernel
+//!                 |  (`size` bytes)         |  on first touch (MAP_NORESERVE)
+//!                 |                         |
+//!                 +-------------------------+
+//!                 | guard page (PROT_NONE)  |  a touch here is a stack overflow: see below
+//!   mapping start +-------------------------+
+//! ```
+//!
+//! # Size
+//!
+//! [`DEFAULT_STACK_SIZE`] is 1 MiB. Only touched pages cost memory (the mapping is
+//! `MAP_NORESERVE`, so it is not even charged against overcommit), so the default can afford to
+//! be generous where it matters: synchronous code ported to greenlets is exactly the deep kind
+//! (recursive-descent parsers, serde's recursive visitors, ORMs walking object graphs), and it
+//! is often run unoptimised in tests, where frames are several times larger. A greenlet that
+//! touches 8 KiB of its stack uses 8 KiB of memory whether its mapping is 64 KiB or 1 MiB; the
+//! virtual size only spends address space, of which x86_64 has 128 TiB (a hundred thousand
+//! default stacks take 100 GiB of it). Sizes are rounded up to whole pages; the limits are
+//! [`MIN_STACK_SIZE`] and [`MAX_STACK_SIZE`].
+//!
+//! # Pool
+//!
+//! Mapping a stack takes two system calls (`mmap`, `mprotect`) and unmapping one; together
+//! several microseconds, against a few nanoseconds for everything else in a greenlet's life.
+//! So a dropped [`Stack`] goes to a per-thread pool of at most [`POOL_CAPACITY`] stacks, and
+//! [`Stack::new`] takes one from there when it can. Reuse keeps the pages a stack has touched;
+//! to bound what a pool holds after a burst of deep recursion, every [`TRIM_PERIOD`]th stack
+//! returned to the pool has its pages deeper than [`POOL_WATERMARK`] released to the kernel
+//! (`MADV_DONTNEED`). [`trim_pool`] unmaps every pooled stack at once. Pooled stacks are
+//! unmapped when their thread exits.
+//!
+//! # Overflow
+//!
+//! A fault in a guard page is reported by a `SIGSEGV` handler running on an alternate signal
+//! stack (the overflowed stack has no room left): it prints one line naming the greenlet stack's
+//! size and how to raise it, then aborts. Faults anywhere else go to whatever handler was
+//! installed before, unchanged. See `overflow.rs`.
+
+mod os;
+mod overflow;
+mod valgrind;
+
+use std::cell::Cell;
+use std::fmt;
+use std::marker::PhantomData;
+use std::ptr::NonNull;
+
+/// The stack size used when none is given: 1 MiB (see the [module docs](self) for why).
+pub const DEFAULT_STACK_SIZE: usize = 1024 * 1024;
+
+/// The smallest stack size accepted: 16 KiB, enough for a panic to be caught and carried out.
+pub const MIN_STACK_SIZE: usize = 16 * 1024;
+
+/// The largest stack size accepted: 1 GiB. Anything larger is almost surely a unit mistake.
+pub const MAX_STACK_SIZE: usize = 1024 * 1024 * 1024;
+
+/// How many stacks each thread's pool keeps at most; stacks dropped beyond that are unmapped.
+pub const POOL_CAPACITY: usize = 64;
+
+/// How deep into a pooled stack memory is kept when the pool releases dirty pages.
+pub const POOL_WATERMARK: usize = 64 * 1024;
+
+/// Every how many returns to the pool the returned stack's pages below the watermark are
+/// released. A release costs about a microsecond; this keeps its share of a return to a few
+/// nanoseconds while still bounding what a busy pool keeps resident.
+pub const TRIM_PERIOD: u32 = 256;
+
+/// Why a stack could not be made.
+///
+/// Every variant names the limit that was hit, so the message alone tells what to change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StackError {
+    /// The requested size is below [`MIN_STACK_SIZE`] (zero included).
+    TooSmall {
+        /// The size asked for, in bytes.
+        requested: usize,
+        /// [`MIN_STACK_SIZE`].
+        minimum: usize,
+    },
+    /// The requested size is above [`MAX_STACK_SIZE`].
+    TooLarge {
+        /// The size asked for, in bytes.
+        requested: usize,
+        /// [`MAX_STACK_SIZE`].
+        maximum: usize,
+    },
+    /// The process has as many memory mappings as `vm.max_map_count` allows; each stack takes
+    /// two (its guard page and its usable part).
+    MapCountExhausted {
+        /// The value of `vm.max_map_count`.
+        limit: usize,
+    },
+    /// The process's address-space limit (`RLIMIT_AS`, `ulimit -v`) leaves no room for the stack.
+    AddressSpaceExhausted {
+        /// The limit, in bytes.
+        limit: u64,
+        /// The mapping that did not fit, in bytes.
+        mapping: usize,
+    },
+    /// The kernel refused the mapping for want of memory.
+    OutOfMemory {
+        /// The mapping that was refused, in bytes.
+        mapping: usize,
+    },
+    /// Any other refusal from the operating system.
+    Os {
+        /// The system call that failed.
+        call: &'static str,
+        /// Its `errno`.
+        errno: i32,
+    },
+}
+
+impl fmt::Display for StackError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            StackError::TooSmall { requested, minimum } => write!(
+                f,
+                "greenlet stack size {requested} bytes is below the minimum of {minimum} bytes"
+            ),
+            StackError::TooLarge { requested, maximum } => write!(
+                f,
+                "greenlet stack size {requested} bytes is above the maximum of {maximum} bytes"
+            ),
+            StackError::MapCountExhausted { limit } => write!(
+                f,
+                "cannot map a greenlet stack: the process has reached vm.max_map_count = {limit} \
+                 memory mappings (each stack takes 2); raise it with `sysctl vm.max_map_count=N` \
+                 or keep fewer greenlets alive"
+            ),
+            StackError::AddressSpaceExhausted { limit, mapping } => write!(
+                f,
+                "cannot map a {mapping}-byte greenlet stack: the address-space limit \
+                 RLIMIT_AS (ulimit -v) of {limit} bytes is reached; raise it or use smaller stacks"
+            ),
+            StackError::OutOfMemory { mapping } => write!(
+                f,
+                "cannot map a {mapping}-byte greenlet stack: the kernel is out of memory (ENOMEM)"
+            ),
+            StackError::Os { call, errno } => write!(
+                f,
+                "cannot map a greenlet stack: {call} failed: {}",
+                std::io::Error::from_raw_os_error(errno)
+            ),
+        }
+    }
+}
+
+impl std::error::Error for StackError {}
+
+/// Bookkeeping kept in the top bytes of each mapping, so a stack needs no heap allocation.
+#[repr(C, align(16))]
+struct Header {
+    /// This thread's list of all its mappings, walked by the overflow handler.
+    registry_prev: Cell<*mut Header>,
+    registry_next: Cell<*mut Header>,
+    /// Next stack in this thread's pool, while pooled.
+    pool_next: Cell<*mut Header>,
+    /// Start of the mapping, which is also the start of the guard page.
+    mapping_start: usize,
+    /// Length of the whole mapping.
+    mapping_len: usize,
+    /// Usable bytes between the guard page and the mapping end.
+    size: usize,
+    /// Valgrind's id for this stack (0 when not running under Valgrind).
+    valgrind_id: usize,
+}
+
+/// One greenlet stack: a guard-paged mapping, owned, `!Send` (it is registered with its thread's
+/// overflow handler and pool).
+///
+/// Dropping a `Stack` returns it to the thread's pool (or unmaps it when the pool is full or the
+/// thread is exiting).
+///
+/// ```
+/// use awaitlet::stack::{Stack, DEFAULT_STACK_SIZE};
+///
+/// let stack = Stack::new(DEFAULT_STACK_SIZE)?;
+/// assert_eq!(stack.size(), DEFAULT_STACK_SIZE);
+/// drop(stack); // back to this thread's pool
+/// let again = Stack::new(DEFAULT_STACK_SIZE)?; // the same mapping, no system call
+/// # drop(again);
+/// # Ok::<(), awaitlet::stack::StackError>(())
+/// ```
+pub struct Stack {
+    header: NonNull<Header>,
+    _not_send: PhantomData<*mut ()>,
+}
+
+impl Stack {
+    /// A stack of at least `size` usable bytes (rounded up to whole pages), from this thread's
+    /// pool when it has one of that size, freshly mapped otherwise.
+    pub fn new(size: usize) -> Result<Stack, StackError> {
+        let size = checked_size(size)?;
+        if let Some(stack) = pool::take(size) {
+            return Ok(stack);
+        }
+        Stack::map(size)
+    }
+
+    /// A freshly mapped stack of at least `size` usable bytes, bypassing the pool.
+    pub fn fresh(size: usize) -> Result<Stack, StackError> {
+        Stack::map(checked_size(size)?)
+    }
+
+    fn map(size: usize) -> Result<Stack, StackError> {
+        let page = os::page_size();
+        let mapping_len = size + page;
+        let mapping_start = os::map_guarded(mapping_len, page)?;
+        let mapping_end = mapping_start + mapping_len;
+        let header_address = mapping_end - std::mem::size_of::<Header>();
+        let valgrind_id = valgrind::register_stack(mapping_start + page, mapping_end);
+        let initial = Header {
+            registry_prev: Cell::new(std::ptr::null_mut()),
+            registry_next: Cell::new(std::ptr::null_mut()),
+            pool_next: Cell::new(std::ptr::null_mut()),
+            mapping_start,
+            mapping_len,
+            size,
+            valgrind_id,
+        };
+        let header = header_address as *mut Header;
+        // SAFETY: the top of the fresh mapping is writable, unused and aligned for `Header`
+        // (the mapping end is page aligned and the header's size a multiple of its alignment).
+        unsafe { header.write(initial) };
+        // SAFETY: `header` was just written and is non-null.
+        let header = unsafe { NonNull::new_unchecked(header) };
+        overflow::register(header);
+        Ok(Stack {
+            header,
+            _not_send: PhantomData,
+        })
+    }
+
+    fn header(&self) -> &Header {
+        // SAFETY: the header lives at the top of the mapping this `Stack` owns.
+        unsafe { self.header.as_ref() }
+    }
+
+    /// Usable bytes, between the guard page and the top.
+    pub fn size(&self) -> usize {
+        self.header().size
+    }
+
+    /// The highest usable address (16-byte aligned): the first frame goes just below it.
+    pub(crate) fn top(&self) -> *mut u8 {
+        self.header.as_ptr().cast()
+    }
+
+    /// The lowest usable address, just above the guard page.
+    pub(crate) fn bottom(&self) -> *mut u8 {
+        let header = self.header();
+        (header.mapping_start + header.mapping_len - header.size) as *mut u8
+    }
+
+    /// Unmaps the stack now instead of returning it to the pool.
+    pub fn unmap(self) {
+        let header = self.header;
+        std::mem::forget(self);
+        // SAFETY: we owned the stack and nothing else refers to it.
+        unsafe { unmap(header) };
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if let Err(header) = pool::give_back(self.header) {
+            // SAFETY: we own the stack and the pool did not take it.
+            unsafe { unmap(header) };
+        }
+    }
+}
+
+impl fmt::Debug for Stack {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Stack")
+            .field("bottom", &self.bottom())
+            .field("top", &self.top())
+            .field("size", &self.size())
+            .finish()
+    }
+}
+
+/// Releases a stack's mapping.
+///
+/// # Safety
+///
+/// `header` must belong to a stack that nothing uses or refers to any more.
+unsafe fn unmap(header: NonNull<Header>) {
+    overflow::deregister(header);
+    // SAFETY: the caller guarantees the stack is unused; copy what we need before the unmap.
+    let (start, len, valgrind_id) = unsafe {
+        let header = header.as_ref();
+        (header.mapping_start, header.mapping_len, header.valgrind_id)
+    };
+    valgrind::deregister_stack(valgrind_id);
+    os::unmap(start, len);
+}
+
+/// Validates a requested size and rounds it up to whole pages.
+fn checked_size(requested: usize) -> Result<usize, StackError> {
+    if requested < MIN_STACK_SIZE {
+        return Err(StackError::TooSmall {
+            requested,
+            minimum: MIN_STACK_SIZE,
+        });
+    }
+    if requested > MAX_STACK_SIZE {
+        return Err(StackError::TooLarge {
+            requested,
+            maximum: MAX_STACK_SIZE,
+        });
+    }
+    let page = os::page_size();
+    Ok(requested.div_ceil(page) * page)
+}
+
+/// How many stacks this thread's pool holds now.
+///
+/// ```
+/// use awaitlet::stack::{pool_len, trim_pool, Stack, DEFAULT_STACK_SIZE};
+///
+/// trim_pool();
+/// drop(Stack::new(DEFAULT_STACK_SIZE)?);
+/// assert_eq!(pool_len(), 1);
+/// # Ok::<(), awaitlet::stack::StackError>(())
+/// ```
+pub fn pool_len() -> usize {
+    pool::len()
+}
+
+/// Unmaps every stack in this thread's pool, returning all their memory to the kernel.
+///
+/// ```
+/// use awaitlet::stack::{pool_len, trim_pool};
+///
+/// trim_pool();
+/// assert_eq!(pool_len(), 0);
+/// ```
+pub fn trim_pool() {
+    pool::trim();
+}
+
+mod pool {
+    //! The per-thread pool: a LIFO list threaded through the stacks' own headers.
+
+    use super::{Header, POOL_CAPACITY, POOL_WATERMARK, Stack, TRIM_PERIOD, os, unmap};
+    use std::cell::Cell;
+    use std::marker::PhantomData;
+    use std::ptr::NonNull;
+
+    struct Pool {
+        head: Cell<*mut Header>,
+        len: Cell<usize>,
+        returns_until_trim: Cell<u32>,
+    }
+
+    impl Drop for Pool {
+        fn drop(&mut self) {
+            self.unmap_all();
+        }
+    }
+
+    impl Pool {
+        fn unmap_all(&self) {
+            let mut next = self.head.replace(std::ptr::null_mut());
+            self.len.set(0);
+            while let Some(header) = NonNull::new(next) {
+                // SAFETY: pooled headers are valid and owned by the pool.
+                next = unsafe { header.as_ref() }.pool_next.get();
+                // SAFETY: the stack was pooled, so nothing uses it.
+                unsafe { unmap(header) };
+            }
+        }
+    }
+
+    thread_local! {
+        static POOL: Pool = const {
+            Pool {
+                head: Cell::new(std::ptr::null_mut()),
+                len: Cell::new(0),
+                returns_until_trim: Cell::new(TRIM_PERIOD),
+            }
+        };
+    }
+
+    /// Takes a pooled stack of exactly `size` usable bytes, if there is one.
+    pub(super) fn take(size: usize) -> Option<Stack> {
+        POOL.try_with(|pool| {
+            let mut link = &pool.head;
+            loop {
+                let header = NonNull::new(link.get())?;
+                // SAFETY: pooled headers are valid and owned by the pool.
+                let current = unsafe { header.as_ref() };
+                if current.size == size {
+                    link.set(current.pool_next.get());
+                    pool.len.set(pool.len.get() - 1);
+                    return Some(Stack {
+                        header,
+                        _not_send: PhantomData,
+                    });
+                }
+                link = &current.pool_next;
+            }
+        })
+        .ok()
+        .flatten()
+    }
+
+    /// Pools a stack; hands it back when the pool is full or gone (thread exit).
+    pub(super) fn give_back(header: NonNull<Header>) -> Result<(), NonNull<Header>> {
+        POOL.try_with(|pool| {
+            if pool.len.get() >= POOL_CAPACITY {
+                return Err(header);
+            }
+            // SAFETY: the stack is being dropped, so its header is valid and unused.
+            let stack = unsafe { header.as_ref() };
+            let countdown = pool.returns_until_trim.get() - 1;
+            if countdown == 0 {
+                pool.returns_until_trim.set(TRIM_PERIOD);
+                let top = header.as_ptr() as usize;
+                let bottom = stack.mapping_start + stack.mapping_len - stack.size;
+                if top - bottom > POOL_WATERMARK {
+                    os::release_pages(bottom, top - POOL_WATERMARK);
+                }
+            } else {
+                pool.returns_until_trim.set(countdown);
+            }
+            stack.pool_next.set(pool.head.get());
+            pool.head.set(header.as_ptr());
+            pool.len.set(pool.len.get() + 1);
+            Ok(())
+        })
+        .unwrap_or(Err(header))
+    }
+
+    pub(super) fn len() -> usize {
+        POOL.try_with(|pool| pool.len.get()).unwrap_or(0)
+    }
+
+    pub(super) fn trim() {
+        let _ = POOL.try_with(Pool::unmap_all);
+    }
+}
+
+#[cfg(test)]
+mod tests;
