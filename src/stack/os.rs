@@ -65,6 +65,11 @@ pub(super) fn release_pages(start: usize, end: usize) {
     }
 }
 
+#[cfg(test)]
+pub(super) fn diagnose_for_tests(call: &'static str, errno: i32, mapping: usize) -> StackError {
+    diagnose(call, errno, mapping)
+}
+
 /// Names the limit behind a failed `call` that wanted to map `mapping` bytes.
 fn diagnose(call: &'static str, errno: i32, mapping: usize) -> StackError {
     if errno != libc::ENOMEM {
