@@ -70,7 +70,11 @@ impl Suspender {
         // SAFETY: `own` is this fiber's context and `caller` the suspended resumer, both kept
         // valid by `Fiber::resume` until the next switch back in.
         let message = unsafe {
-            let received = arch::switch(&outcome as *const Resumed as usize, &*self.own.get(), &*self.caller.get());
+            let received = arch::switch(
+                &outcome as *const Resumed as usize,
+                &*self.own.get(),
+                &*self.caller.get(),
+            );
             &*(received as *const Message)
         };
         self.caller.set(message.caller);
@@ -102,7 +106,14 @@ impl<F: FnOnce(&Suspender, usize) -> usize> Fiber<F> {
     /// A fiber that will run `closure` on `stack` at its first resume.
     pub fn new(stack: Stack, closure: F) -> Fiber<F> {
         // SAFETY: the stack's top region is ours, aligned, and lives as long as the fiber.
-        let context = unsafe { arch::init(stack.top(), stack.bottom(), entry::<F>, std::ptr::null_mut()) };
+        let context = unsafe {
+            arch::init(
+                stack.top(),
+                stack.bottom(),
+                entry::<F>,
+                std::ptr::null_mut(),
+            )
+        };
         Fiber {
             context,
             stack,
@@ -111,7 +122,6 @@ impl<F: FnOnce(&Suspender, usize) -> usize> Fiber<F> {
             _not_send: PhantomData,
         }
     }
-
 }
 
 impl<F> Fiber<F> {
@@ -184,7 +194,9 @@ impl<F> Fiber<F> {
                 Resumed::Returned(_) => {}
                 Resumed::Suspended(_) => {
                     // Its frames are live on a stack we are about to free: nothing safe remains.
-                    eprintln!("awaitlet: a fiber caught its cancellation and suspended again; aborting");
+                    eprintln!(
+                        "awaitlet: a fiber caught its cancellation and suspended again; aborting"
+                    );
                     std::process::abort();
                 }
             }
@@ -217,5 +229,10 @@ unsafe extern "C" fn entry<F: FnOnce(&Suspender, usize) -> usize>(arg: usize, _d
     };
     // SAFETY: `caller` is the suspended resumer; `outcome` stays on this stack, which is not
     // released before the resumer has read it.
-    unsafe { arch::switch_final(&outcome as *const Resumed as usize, &*suspender.caller.get()) }
+    unsafe {
+        arch::switch_final(
+            &outcome as *const Resumed as usize,
+            &*suspender.caller.get(),
+        )
+    }
 }

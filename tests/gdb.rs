@@ -31,7 +31,9 @@ fn one_below_the_root(value: usize) -> usize {
 
 #[inline(never)]
 fn resumer_seen_by_gdb() -> usize {
-    let mut fiber = Fiber::new(Stack::new(DEFAULT_STACK_SIZE).unwrap(), |_, value| one_below_the_root(value));
+    let mut fiber = Fiber::new(Stack::new(DEFAULT_STACK_SIZE).unwrap(), |_, value| {
+        one_below_the_root(value)
+    });
     match fiber.resume(41) {
         awaitlet::engine::Resumed::Returned(value) => value,
         other => panic!("{other:?}"),
@@ -49,25 +51,52 @@ fn gdb_backtrace_crosses_from_a_greenlet_into_its_resumer() {
         return;
     }
     let output = Command::new("gdb")
-        .args(["-batch", "-nx", "-ex", "set debuginfod enabled off", "-ex", "set breakpoint pending on"])
-        .args(["-ex", "break awaitlet_gdb_probe_point", "-ex", "run", "-ex", "bt", "-ex", "kill"])
+        .args([
+            "-batch",
+            "-nx",
+            "-ex",
+            "set debuginfod enabled off",
+            "-ex",
+            "set breakpoint pending on",
+        ])
+        .args([
+            "-ex",
+            "break awaitlet_gdb_probe_point",
+            "-ex",
+            "run",
+            "-ex",
+            "bt",
+            "-ex",
+            "kill",
+        ])
         .arg("--args")
         .arg(std::env::current_exe().unwrap())
-        .args(["--exact", "gdb_backtrace_crosses_from_a_greenlet_into_its_resumer", "--nocapture"])
+        .args([
+            "--exact",
+            "gdb_backtrace_crosses_from_a_greenlet_into_its_resumer",
+            "--nocapture",
+        ])
         .env(CHILD_ROLE, "gdb")
         .output()
         .expect("run gdb");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    let frames: Vec<&str> = stdout.lines().filter(|line| line.starts_with('#')).collect();
+    let frames: Vec<&str> = stdout
+        .lines()
+        .filter(|line| line.starts_with('#'))
+        .collect();
     let position = |name: &str| frames.iter().position(|frame| frame.contains(name));
-    let probe = position("awaitlet_gdb_probe_point").unwrap_or_else(|| panic!("no stop:\n{stdout}"));
+    let probe =
+        position("awaitlet_gdb_probe_point").unwrap_or_else(|| panic!("no stop:\n{stdout}"));
     let two = position("two_below_the_root").expect("caller frames inside the fiber");
     assert!(two > probe);
     let resumer = position("resumer_seen_by_gdb");
     if awaitlet::BACKEND == "x86_64" {
-        let resumer = resumer.unwrap_or_else(|| panic!("gdb stopped at the fiber's root:\n{stdout}"));
+        let resumer =
+            resumer.unwrap_or_else(|| panic!("gdb stopped at the fiber's root:\n{stdout}"));
         assert!(resumer > two, "{stdout}");
-        assert!(position("gdb_backtrace_crosses_from_a_greenlet").is_some_and(|test| test > resumer));
+        assert!(
+            position("gdb_backtrace_crosses_from_a_greenlet").is_some_and(|test| test > resumer)
+        );
     } else {
         assert_eq!(resumer, None, "{stdout}");
     }

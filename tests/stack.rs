@@ -18,8 +18,17 @@ use common::{is_child, run_child, terminating_signal};
 fn sizes_below_the_minimum_are_refused_with_the_minimum_named() {
     for requested in [0, 1, 4096, MIN_STACK_SIZE - 1] {
         let error = Stack::new(requested).unwrap_err();
-        assert_eq!(error, StackError::TooSmall { requested, minimum: MIN_STACK_SIZE });
-        assert!(error.to_string().contains(&MIN_STACK_SIZE.to_string()), "{error}");
+        assert_eq!(
+            error,
+            StackError::TooSmall {
+                requested,
+                minimum: MIN_STACK_SIZE
+            }
+        );
+        assert!(
+            error.to_string().contains(&MIN_STACK_SIZE.to_string()),
+            "{error}"
+        );
     }
     assert!(Stack::new(MIN_STACK_SIZE).is_ok());
 }
@@ -28,8 +37,17 @@ fn sizes_below_the_minimum_are_refused_with_the_minimum_named() {
 fn sizes_above_the_maximum_are_refused_with_the_maximum_named() {
     for requested in [MAX_STACK_SIZE + 1, usize::MAX / 2, usize::MAX] {
         let error = Stack::fresh(requested).unwrap_err();
-        assert_eq!(error, StackError::TooLarge { requested, maximum: MAX_STACK_SIZE });
-        assert!(error.to_string().contains(&MAX_STACK_SIZE.to_string()), "{error}");
+        assert_eq!(
+            error,
+            StackError::TooLarge {
+                requested,
+                maximum: MAX_STACK_SIZE
+            }
+        );
+        assert!(
+            error.to_string().contains(&MAX_STACK_SIZE.to_string()),
+            "{error}"
+        );
     }
     let largest = Stack::fresh(MAX_STACK_SIZE).unwrap();
     assert_eq!(largest.size(), MAX_STACK_SIZE);
@@ -51,7 +69,11 @@ fn a_dropped_stack_is_reused_by_the_next_request_of_its_size() {
         drop(first);
         assert_eq!(pool_len(), 1);
         let other_size = Stack::new(DEFAULT_STACK_SIZE / 2).unwrap();
-        assert_ne!(format!("{other_size:?}"), address, "a stack of another size was reused");
+        assert_ne!(
+            format!("{other_size:?}"),
+            address,
+            "a stack of another size was reused"
+        );
         let again = Stack::new(DEFAULT_STACK_SIZE).unwrap();
         assert_eq!(format!("{again:?}"), address);
         assert_eq!(pool_len(), 0);
@@ -67,7 +89,9 @@ fn a_dropped_stack_is_reused_by_the_next_request_of_its_size() {
 #[test]
 fn the_pool_keeps_at_most_its_capacity() {
     std::thread::spawn(|| {
-        let stacks: Vec<_> = (0..POOL_CAPACITY + 10).map(|_| Stack::new(MIN_STACK_SIZE).unwrap()).collect();
+        let stacks: Vec<_> = (0..POOL_CAPACITY + 10)
+            .map(|_| Stack::new(MIN_STACK_SIZE).unwrap())
+            .collect();
         drop(stacks);
         assert_eq!(pool_len(), POOL_CAPACITY);
         let fresh = Stack::fresh(MIN_STACK_SIZE).unwrap();
@@ -92,11 +116,17 @@ fn pools_are_per_thread_and_freed_at_thread_exit() {
     // The other thread's 20 pooled stacks (40 mappings) are gone with it. Other tests run
     // concurrently, so allow them a little slack but not 40.
     let mappings_after = count_mappings();
-    assert!(mappings_after < mappings_before + 20, "{mappings_before} -> {mappings_after}");
+    assert!(
+        mappings_after < mappings_before + 20,
+        "{mappings_before} -> {mappings_after}"
+    );
 }
 
 fn count_mappings() -> usize {
-    std::fs::read_to_string("/proc/self/maps").unwrap().lines().count()
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .count()
 }
 
 #[test]
@@ -119,9 +149,15 @@ fn exhausting_vm_max_map_count_is_an_error_naming_the_limit() {
         println!("CHILD-OK after {} stacks: {error}", stacks.len());
         return;
     }
-    let output = run_child("exhausting_vm_max_map_count_is_an_error_naming_the_limit", "map-count");
+    let output = run_child(
+        "exhausting_vm_max_map_count_is_an_error_naming_the_limit",
+        "map-count",
+    );
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success() && stdout.contains("CHILD-OK"), "{output:?}");
+    assert!(
+        output.status.success() && stdout.contains("CHILD-OK"),
+        "{output:?}"
+    );
     assert!(stdout.contains("vm.max_map_count"), "{stdout}");
 }
 
@@ -129,7 +165,10 @@ fn exhausting_vm_max_map_count_is_an_error_naming_the_limit() {
 fn an_address_space_limit_is_an_error_naming_the_limit() {
     if is_child("rlimit-as") {
         let limit: u64 = 4 << 30;
-        let rlimit = libc::rlimit { rlim_cur: limit, rlim_max: libc::RLIM_INFINITY };
+        let rlimit = libc::rlimit {
+            rlim_cur: limit,
+            rlim_max: libc::RLIM_INFINITY,
+        };
         // SAFETY: setrlimit only reads the struct; this child process exists for this limit.
         assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &rlimit) }, 0);
         let mut stacks = Vec::new();
@@ -144,9 +183,15 @@ fn an_address_space_limit_is_an_error_naming_the_limit() {
         println!("CHILD-OK after {} stacks: {error}", stacks.len());
         return;
     }
-    let output = run_child("an_address_space_limit_is_an_error_naming_the_limit", "rlimit-as");
+    let output = run_child(
+        "an_address_space_limit_is_an_error_naming_the_limit",
+        "rlimit-as",
+    );
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success() && stdout.contains("CHILD-OK"), "{output:?}");
+    assert!(
+        output.status.success() && stdout.contains("CHILD-OK"),
+        "{output:?}"
+    );
     assert!(stdout.contains("RLIMIT_AS"), "{stdout}");
 }
 
@@ -160,14 +205,23 @@ fn recurse_forever(depth: usize) -> usize {
 #[test]
 fn overflowing_a_greenlet_stack_prints_its_size_and_aborts() {
     if is_child("overflow") {
-        let mut runaway = Fiber::new(Stack::new(64 * 1024).unwrap(), |_, depth| recurse_forever(depth));
+        let mut runaway = Fiber::new(Stack::new(64 * 1024).unwrap(), |_, depth| {
+            recurse_forever(depth)
+        });
         let outcome = runaway.resume(0);
         println!("CHILD-SURVIVED {outcome:?}");
         return;
     }
-    let output = run_child("overflowing_a_greenlet_stack_prints_its_size_and_aborts", "overflow");
+    let output = run_child(
+        "overflowing_a_greenlet_stack_prints_its_size_and_aborts",
+        "overflow",
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(terminating_signal(&output), Some(libc::SIGABRT), "{output:?}");
+    assert_eq!(
+        terminating_signal(&output),
+        Some(libc::SIGABRT),
+        "{output:?}"
+    );
     assert!(
         stderr.contains(
             "awaitlet: a greenlet overflowed its 64 KiB stack; give it a larger one with \
@@ -183,23 +237,43 @@ fn overflow_is_reported_on_threads_without_an_alternate_signal_stack() {
     if is_child("overflow-raw-thread") {
         // A thread that std did not start has no alternate signal stack; awaitlet adds one.
         extern "C" fn thread_main(_: *mut libc::c_void) -> *mut libc::c_void {
-            let mut runaway = Fiber::new(Stack::new(32 * 1024).unwrap(), |_, depth| recurse_forever(depth));
+            let mut runaway = Fiber::new(Stack::new(32 * 1024).unwrap(), |_, depth| {
+                recurse_forever(depth)
+            });
             let _ = runaway.resume(0);
             std::ptr::null_mut()
         }
         // SAFETY: plain pthread creation and join with a function that takes no arguments.
         unsafe {
             let mut thread: libc::pthread_t = std::mem::zeroed();
-            assert_eq!(libc::pthread_create(&mut thread, std::ptr::null(), thread_main, std::ptr::null_mut()), 0);
+            assert_eq!(
+                libc::pthread_create(
+                    &mut thread,
+                    std::ptr::null(),
+                    thread_main,
+                    std::ptr::null_mut()
+                ),
+                0
+            );
             libc::pthread_join(thread, std::ptr::null_mut());
         }
         println!("CHILD-SURVIVED");
         return;
     }
-    let output = run_child("overflow_is_reported_on_threads_without_an_alternate_signal_stack", "overflow-raw-thread");
+    let output = run_child(
+        "overflow_is_reported_on_threads_without_an_alternate_signal_stack",
+        "overflow-raw-thread",
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(terminating_signal(&output), Some(libc::SIGABRT), "{output:?}");
-    assert!(stderr.contains("awaitlet: a greenlet overflowed its 32 KiB stack"), "{stderr}");
+    assert_eq!(
+        terminating_signal(&output),
+        Some(libc::SIGABRT),
+        "{output:?}"
+    );
+    assert!(
+        stderr.contains("awaitlet: a greenlet overflowed its 32 KiB stack"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -213,8 +287,15 @@ fn faults_outside_guard_pages_reach_the_previous_handler_unchanged() {
         println!("CHILD-SURVIVED");
         return;
     }
-    let output = run_child("faults_outside_guard_pages_reach_the_previous_handler_unchanged", "foreign-fault");
+    let output = run_child(
+        "faults_outside_guard_pages_reach_the_previous_handler_unchanged",
+        "foreign-fault",
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(terminating_signal(&output), Some(libc::SIGSEGV), "{output:?}");
+    assert_eq!(
+        terminating_signal(&output),
+        Some(libc::SIGSEGV),
+        "{output:?}"
+    );
     assert!(!stderr.contains("awaitlet"), "{stderr}");
 }

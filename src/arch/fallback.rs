@@ -91,7 +91,12 @@ extern "C" fn trampoline(priming: context::Transfer) -> ! {
 ///
 /// The region must be writable, 16-byte aligned at the top, and stay allocated and otherwise
 /// unused for as long as the context may run or be switched to.
-pub(crate) unsafe fn init(stack_top: *mut u8, stack_bottom: *mut u8, entry: EntryFn, data: *mut ()) -> Context {
+pub(crate) unsafe fn init(
+    stack_top: *mut u8,
+    stack_bottom: *mut u8,
+    entry: EntryFn,
+    data: *mut (),
+) -> Context {
     // The link slot takes the top word, as on the native backend; the `fcontext` frame goes below.
     let link = stack_top.cast::<usize>().wrapping_sub(2);
     // SAFETY: the caller hands us this memory.
@@ -115,10 +120,7 @@ pub(crate) unsafe fn init(stack_top: *mut u8, stack_bottom: *mut u8, entry: Entr
 /// the same thread, both valid until `from` is resumed.
 #[inline(always)]
 pub(crate) unsafe fn switch(arg: usize, from: &Context, to: &Context) -> usize {
-    let packet = Packet {
-        arg,
-        save_to: from,
-    };
+    let packet = Packet { arg, save_to: from };
     // SAFETY: `to` is suspended and resumable; `packet` outlives the switch (we are suspended on
     // top of it until someone resumes us, and they read it at once).
     let transfer = unsafe { handle(to.sp.get()).resume(&packet as *const Packet as usize) };

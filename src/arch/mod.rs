@@ -62,7 +62,11 @@ mod backend;
 
 #[cfg(all(
     unix,
-    any(not(target_arch = "x86_64"), target_vendor = "apple", awaitlet_backend = "context")
+    any(
+        not(target_arch = "x86_64"),
+        target_vendor = "apple",
+        awaitlet_backend = "context"
+    )
 ))]
 #[path = "fallback.rs"]
 mod backend;

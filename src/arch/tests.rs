@@ -38,7 +38,10 @@ unsafe extern "C" fn pong(arg: usize, data: *mut ()) -> ! {
 
 #[test]
 fn a_million_symmetric_switches_pass_every_value() {
-    let (stack_a, stack_b) = (Stack::new(DEFAULT_STACK_SIZE).unwrap(), Stack::new(DEFAULT_STACK_SIZE).unwrap());
+    let (stack_a, stack_b) = (
+        Stack::new(DEFAULT_STACK_SIZE).unwrap(),
+        Stack::new(DEFAULT_STACK_SIZE).unwrap(),
+    );
     let mut shared = PingPong {
         main: Context::for_thread_stack(),
         a: Context::for_thread_stack(),
@@ -72,7 +75,12 @@ fn callee_saved_state_survives_a_switch() {
     let main = Context::for_thread_stack();
     // SAFETY: the stack outlives the context.
     let fresh = unsafe {
-        init(stack.top(), stack.bottom(), check_registers, &main as *const Context as *mut ())
+        init(
+            stack.top(),
+            stack.bottom(),
+            check_registers,
+            &main as *const Context as *mut (),
+        )
     };
     // Keep many values live across the switch so the compiler must hold some in callee-saved
     // registers (and floating-point ones on the stack).

@@ -113,7 +113,12 @@ unsafe extern "C" {
 /// `stack_top` must be 16-byte aligned, the top of a writable region of at least 64 bytes that
 /// stays allocated (and unused by anything else) for as long as the context may run or be
 /// switched to.
-pub(crate) unsafe fn init(stack_top: *mut u8, _stack_bottom: *mut u8, entry: EntryFn, data: *mut ()) -> Context {
+pub(crate) unsafe fn init(
+    stack_top: *mut u8,
+    _stack_bottom: *mut u8,
+    entry: EntryFn,
+    data: *mut (),
+) -> Context {
     debug_assert_eq!(stack_top as usize % 16, 0);
     let top = stack_top.cast::<usize>();
     // SAFETY: the caller gives us the 48 bytes below `stack_top`, aligned for words.
@@ -122,7 +127,8 @@ pub(crate) unsafe fn init(stack_top: *mut u8, _stack_bottom: *mut u8, entry: Ent
         top.sub(2).write(TERMINATOR.0.as_ptr() as usize);
         top.sub(3).write(data as usize);
         top.sub(4).write(0);
-        top.sub(5).write(awaitlet_x86_64_trampoline_v0 as *const () as usize);
+        top.sub(5)
+            .write(awaitlet_x86_64_trampoline_v0 as *const () as usize);
         top.sub(6).write(0);
         Context::from_parts(top.sub(6) as usize, top.sub(2))
     }

@@ -12,7 +12,10 @@ pub(super) fn page_size() -> usize {
         0 => {
             // SAFETY: sysconf has no preconditions.
             let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-            let size = usize::try_from(size).ok().filter(|&size| size > 0).unwrap_or(4096);
+            let size = usize::try_from(size)
+                .ok()
+                .filter(|&size| size > 0)
+                .unwrap_or(4096);
             PAGE_SIZE.store(size, Ordering::Relaxed);
             size
         }
@@ -34,7 +37,14 @@ pub(super) fn map_guarded(len: usize, guard: usize) -> Result<usize, StackError>
     const FLAGS: libc::c_int = libc::MAP_PRIVATE | libc::MAP_ANON;
     // SAFETY: an anonymous mapping at an address of the kernel's choosing touches nothing else.
     let start = unsafe {
-        libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, FLAGS, -1, 0)
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            FLAGS,
+            -1,
+            0,
+        )
     };
     if start == libc::MAP_FAILED {
         return Err(diagnose("mmap", errno(), len));
@@ -89,8 +99,10 @@ fn diagnose(call: &'static str, errno: i32, mapping: usize) -> StackError {
     if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut limit) } == 0
         && limit.rlim_cur != libc::RLIM_INFINITY
     {
+        #[allow(clippy::unnecessary_cast)] // rlim_t is u64 on Linux but i64 on FreeBSD
+        let limit = limit.rlim_cur as u64;
         return StackError::AddressSpaceExhausted {
-            limit: limit.rlim_cur as u64,
+            limit,
             mapping,
         };
     }
@@ -99,14 +111,21 @@ fn diagnose(call: &'static str, errno: i32, mapping: usize) -> StackError {
 
 #[cfg(any(target_os = "linux", target_os = "android"))]
 fn map_count_limit() -> Option<usize> {
-    std::fs::read_to_string("/proc/sys/vm/max_map_count").ok()?.trim().parse().ok()
+    std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 #[cfg(any(target_os = "linux", target_os = "android"))]
 fn map_count() -> Option<usize> {
     use std::io::Read;
     let mut maps = Vec::new();
-    std::fs::File::open("/proc/self/maps").ok()?.read_to_end(&mut maps).ok()?;
+    std::fs::File::open("/proc/self/maps")
+        .ok()?
+        .read_to_end(&mut maps)
+        .ok()?;
     Some(maps.iter().filter(|&&byte| byte == b'\n').count())
 }
 

@@ -195,8 +195,9 @@ fn ensure_alternate_stack() {
         if alternate.mapping.get().is_some() {
             return;
         }
-        // SAFETY: querying the current alternate stack writes only into `current`.
+        // SAFETY: `stack_t` is plain data, valid when zeroed.
         let mut current: libc::stack_t = unsafe { std::mem::zeroed() };
+        // SAFETY: querying the current alternate stack writes only into `current`.
         if unsafe { libc::sigaltstack(std::ptr::null(), &mut current) } != 0 {
             return;
         }
@@ -214,7 +215,9 @@ fn ensure_alternate_stack() {
         };
         // SAFETY: `stack` describes memory we just mapped and keep until this thread exits.
         if unsafe { libc::sigaltstack(&stack, std::ptr::null_mut()) } == 0 {
-            alternate.mapping.set(Some((start, ALTERNATE_STACK_SIZE + page)));
+            alternate
+                .mapping
+                .set(Some((start, ALTERNATE_STACK_SIZE + page)));
         } else {
             os::unmap(start, ALTERNATE_STACK_SIZE + page);
         }

@@ -21,13 +21,22 @@ fn the_pool_releases_pages_below_the_watermark_every_trim_period() {
             stack = Some(Stack::new(super::DEFAULT_STACK_SIZE).unwrap());
         }
         // SAFETY: as above; the pool handed back the same mapping each time.
-        assert_eq!(unsafe { deep.read_volatile() }, 0xdead_beef, "released too early");
+        let before_trim = unsafe { deep.read_volatile() };
+        assert_eq!(before_trim, 0xdead_beef, "released too early");
         drop(stack.take());
         assert_eq!(pool_len(), 1);
         // SAFETY: the mapping is pooled, still mapped; we only read it.
         unsafe {
-            assert_eq!(deep.read_volatile(), 0, "deep page kept after the trim period");
-            assert_eq!(shallow.read_volatile(), 0xfeed_f00d, "page above the watermark released");
+            assert_eq!(
+                deep.read_volatile(),
+                0,
+                "deep page kept after the trim period"
+            );
+            assert_eq!(
+                shallow.read_volatile(),
+                0xfeed_f00d,
+                "page above the watermark released"
+            );
         }
     })
     .join()
@@ -36,17 +45,32 @@ fn the_pool_releases_pages_below_the_watermark_every_trim_period() {
 
 #[test]
 fn enomem_without_a_known_limit_is_out_of_memory_and_other_errors_name_the_call() {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit writes into the struct we own.
     assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut limit) }, 0);
     let expected = if limit.rlim_cur == libc::RLIM_INFINITY {
         super::StackError::OutOfMemory { mapping: 1 << 20 }
     } else {
-        super::StackError::AddressSpaceExhausted { limit: limit.rlim_cur as u64, mapping: 1 << 20 }
+        super::StackError::AddressSpaceExhausted {
+            limit: limit.rlim_cur,
+            mapping: 1 << 20,
+        }
     };
     // The map count is far from its limit in this process.
-    assert_eq!(os::diagnose_for_tests("mmap", libc::ENOMEM, 1 << 20), expected);
+    assert_eq!(
+        os::diagnose_for_tests("mmap", libc::ENOMEM, 1 << 20),
+        expected
+    );
     let other = os::diagnose_for_tests("mprotect", libc::EACCES, 1 << 20);
-    assert_eq!(other, super::StackError::Os { call: "mprotect", errno: libc::EACCES });
+    assert_eq!(
+        other,
+        super::StackError::Os {
+            call: "mprotect",
+            errno: libc::EACCES
+        }
+    );
     assert!(other.to_string().contains("mprotect failed"), "{other}");
 }

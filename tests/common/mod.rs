@@ -23,7 +23,9 @@ pub(crate) fn child_command(test_name: &str, role: &str) -> Command {
 
 /// Runs [`child_command`] to completion and returns its output.
 pub(crate) fn run_child(test_name: &str, role: &str) -> Output {
-    child_command(test_name, role).output().expect("spawn the test binary again")
+    child_command(test_name, role)
+        .output()
+        .expect("spawn the test binary again")
 }
 
 /// The signal that ended a child, if one did.
