@@ -12,17 +12,18 @@
 //!
 //! ```text
 //!   resumer's stack                       fiber's stack
-//!   resume(v) --- switch(&message) ---->  entry: closure(&suspender, v)
+//!   resume(v) ------ switch(v) -------->  entry: closure(&suspender, v)
 //!                                           ... suspend(w)
-//!   <- Suspended(w) <--- switch(&outcome) ---/
+//!   <- Suspended(w) <---- switch(w) -----/
 //!   resume(v2) -------------------------> ... suspend returns v2
-//!   <- Returned(r) <--- switch_final ----- closure returned r
+//!   <- Returned(r) <--- switch_final(r) -- closure returned r
 //! ```
 
 use std::any::Any;
 use std::cell::Cell;
 use std::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::ptr::NonNull;
 
 use crate::arch::{self, Context};
 use crate::stack::Stack;
@@ -38,96 +39,110 @@ pub enum Resumed {
     Panicked(Box<dyn Any + Send>),
 }
 
-/// What the resumer hands the fiber on each switch in.
-struct Message {
-    value: usize,
-    cancel: bool,
-    caller: *const Context,
-    own: *const Context,
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Unstarted,
+    Started,
+    Returned,
+    Panicked,
 }
 
-/// The first switch in: the message plus the closure, moved onto the fiber's stack.
-struct Start<F> {
-    message: Message,
-    closure: Cell<Option<F>>,
+/// What both sides of a fiber share. It lives at the top of the fiber's own stack, so it never
+/// moves while the `Fiber` handle does, and the words themselves travel in registers.
+struct Shared {
+    /// The fiber's own context, at the top of its stack just below this block.
+    own: NonNull<Context>,
+    caller: Context,
+    state: Cell<State>,
+    cancel: Cell<bool>,
+    panic: Cell<Option<Box<dyn Any + Send>>>,
+    closure: *mut u8,
 }
 
 /// The panic payload that unwinds a fiber being dropped while suspended.
 struct Cancelled;
 
+#[cold]
+fn cancelled() -> ! {
+    resume_unwind(Box::new(Cancelled))
+}
+
 /// The handle a fiber's closure uses to suspend itself.
 pub struct Suspender {
-    caller: Cell<*const Context>,
-    own: Cell<*const Context>,
+    shared: NonNull<Shared>,
     _not_send: PhantomData<*mut ()>,
 }
 
 impl Suspender {
     /// Switches back to the resumer, which sees [`Resumed::Suspended`]`(value)`; returns the word
     /// of the next [`Fiber::resume`].
+    #[inline]
     pub fn suspend(&self, value: usize) -> usize {
-        let outcome = Resumed::Suspended(value);
-        // SAFETY: `own` is this fiber's context and `caller` the suspended resumer, both kept
-        // valid by `Fiber::resume` until the next switch back in.
-        let message = unsafe {
-            let received = arch::switch(
-                &outcome as *const Resumed as usize,
-                &*self.own.get(),
-                &*self.caller.get(),
-            );
-            &*(received as *const Message)
-        };
-        self.caller.set(message.caller);
-        self.own.set(message.own);
-        if message.cancel {
-            resume_unwind(Box::new(Cancelled));
+        // SAFETY: `Shared` lives at the top of our own stack, which is running.
+        let shared = unsafe { self.shared.as_ref() };
+        // SAFETY: we are the running fiber (`own`); `caller` is suspended in `Fiber::resume`.
+        let received = unsafe { arch::switch(value, shared.own.as_ref(), &shared.caller) };
+        if shared.cancel.get() {
+            cancelled();
         }
-        message.value
+        received
     }
 }
 
 /// A closure running on its own stack (see the [module docs](self)).
 pub struct Fiber<F> {
-    context: Context,
+    shared: NonNull<Shared>,
     stack: Stack,
-    closure: Option<F>,
-    state: State,
-    _not_send: PhantomData<*mut ()>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    Unstarted,
-    Suspended,
-    Finished,
+    _closure: PhantomData<F>,
 }
 
 impl<F: FnOnce(&Suspender, usize) -> usize> Fiber<F> {
     /// A fiber that will run `closure` on `stack` at its first resume.
     pub fn new(stack: Stack, closure: F) -> Fiber<F> {
-        // SAFETY: the stack's top region is ours, aligned, and lives as long as the fiber.
-        let context = unsafe {
-            arch::init(
-                stack.top(),
+        // Layout from the top down: `Shared`, the closure, then the first frame.
+        let shared = align_down(stack.top() as usize - std::mem::size_of::<Shared>(), 16);
+        let align = std::mem::align_of::<F>().max(16);
+        let closure_at = align_down(shared - std::mem::size_of::<F>(), align);
+        // SAFETY: the stack is ours and unused; both regions lie inside it, suitably aligned.
+        unsafe {
+            (closure_at as *mut F).write(closure);
+            let context = arch::init(
+                closure_at as *mut u8,
                 stack.bottom(),
                 entry::<F>,
-                std::ptr::null_mut(),
-            )
-        };
+                shared as *mut (),
+            );
+            (shared as *mut Shared).write(Shared {
+                own: context,
+                caller: Context::for_thread_stack(),
+                state: Cell::new(State::Unstarted),
+                cancel: Cell::new(false),
+                panic: Cell::new(None),
+                closure: closure_at as *mut u8,
+            });
+        }
         Fiber {
-            context,
+            // SAFETY: just written, non-null.
+            shared: unsafe { NonNull::new_unchecked(shared as *mut Shared) },
             stack,
-            closure: Some(closure),
-            state: State::Unstarted,
-            _not_send: PhantomData,
+            _closure: PhantomData,
         }
     }
 }
 
+fn align_down(address: usize, align: usize) -> usize {
+    address & !(align - 1)
+}
+
 impl<F> Fiber<F> {
+    fn shared(&self) -> &Shared {
+        // SAFETY: `Shared` lives at the top of the stack this fiber owns.
+        unsafe { self.shared.as_ref() }
+    }
+
     /// True once the closure has returned or panicked.
     pub fn is_finished(&self) -> bool {
-        self.state == State::Finished
+        matches!(self.shared().state.get(), State::Returned | State::Panicked)
     }
 
     /// Switches into the fiber with `value` and runs it until it suspends, returns or panics.
@@ -135,69 +150,70 @@ impl<F> Fiber<F> {
     /// # Panics
     ///
     /// If the fiber is finished.
+    #[inline]
     pub fn resume(&mut self, value: usize) -> Resumed {
-        self.switch_in(value, false)
+        let shared = self.shared();
+        match shared.state.get() {
+            State::Started => {}
+            State::Unstarted => shared.state.set(State::Started),
+            State::Returned | State::Panicked => panic!("resumed a finished fiber"),
+        }
+        // SAFETY: we run on the caller's stack (`caller`); `own` is the fiber, unstarted or
+        // suspended in `Suspender::suspend`; both live on its stack, which we own.
+        let received = unsafe { arch::switch(value, &shared.caller, shared.own.as_ref()) };
+        if shared.state.get() == State::Started {
+            Resumed::Suspended(received)
+        } else {
+            self.finished(received)
+        }
     }
 
-    fn switch_in(&mut self, value: usize, cancel: bool) -> Resumed {
-        let caller = Context::for_thread_stack();
-        let message = Message {
-            value,
-            cancel,
-            caller: &caller,
-            own: &self.context,
-        };
-        let outcome = match self.state {
-            State::Finished => panic!("resumed a finished fiber"),
-            State::Unstarted => {
-                let start = Start {
-                    message,
-                    closure: Cell::new(self.closure.take()),
-                };
-                // SAFETY: the fiber is unstarted and `start` outlives the switch (the entry
-                // function moves the closure out before it first switches back).
-                unsafe { arch::switch(&start as *const Start<F> as usize, &caller, &self.context) }
-            }
-            // SAFETY: the fiber is suspended in `Suspender::suspend`, which reads `message`
-            // before anything else runs on our stack.
-            State::Suspended => unsafe {
-                arch::switch(&message as *const Message as usize, &caller, &self.context)
-            },
-        };
-        // SAFETY: the fiber handed us a pointer to a `Resumed` on its stack, which stays intact
-        // until we switch in again (or, after its final switch, until we release the stack).
-        let outcome = unsafe { std::ptr::read(outcome as *const Resumed) };
-        self.state = match outcome {
-            Resumed::Suspended(_) => State::Suspended,
-            Resumed::Returned(_) | Resumed::Panicked(_) => State::Finished,
-        };
-        outcome
+    #[cold]
+    fn finished(&self, word: usize) -> Resumed {
+        let shared = self.shared();
+        match shared.state.get() {
+            State::Returned => Resumed::Returned(word),
+            State::Panicked => Resumed::Panicked(
+                shared
+                    .panic
+                    .take()
+                    .expect("a panicked fiber keeps its payload"),
+            ),
+            State::Unstarted | State::Started => unreachable!("a finished fiber is not running"),
+        }
     }
 
     /// Finishes the fiber (unwinding it if suspended) and gives its stack back.
     pub fn into_stack(mut self) -> Stack {
-        self.cancel();
-        self.state = State::Finished;
+        self.finish();
         let this = std::mem::ManuallyDrop::new(self);
-        // SAFETY: `this` is never used or dropped again; we move its stack and closure out.
-        unsafe {
-            drop(std::ptr::read(&this.closure));
-            std::ptr::read(&this.stack)
-        }
+        // SAFETY: `this` is never used nor dropped again; the stack is moved out once.
+        unsafe { std::ptr::read(&this.stack) }
     }
 
-    fn cancel(&mut self) {
-        if self.state == State::Suspended {
-            match self.switch_in(0, true) {
-                Resumed::Panicked(payload) if payload.is::<Cancelled>() => {}
-                Resumed::Panicked(payload) => resume_unwind(payload),
-                Resumed::Returned(_) => {}
-                Resumed::Suspended(_) => {
-                    // Its frames are live on a stack we are about to free: nothing safe remains.
-                    eprintln!(
-                        "awaitlet: a fiber caught its cancellation and suspended again; aborting"
-                    );
-                    std::process::abort();
+    /// Brings the fiber to a finished state: drops an unstarted closure, unwinds a suspended one.
+    fn finish(&mut self) {
+        let shared = self.shared();
+        match shared.state.get() {
+            State::Returned | State::Panicked => {}
+            State::Unstarted => {
+                shared.state.set(State::Returned);
+                // SAFETY: the closure was written by `new` and never moved out (never started).
+                unsafe { std::ptr::drop_in_place(shared.closure as *mut F) };
+            }
+            State::Started => {
+                shared.cancel.set(true);
+                match self.resume(0) {
+                    Resumed::Panicked(payload) if payload.is::<Cancelled>() => {}
+                    Resumed::Panicked(payload) => resume_unwind(payload),
+                    Resumed::Returned(_) => {}
+                    Resumed::Suspended(_) => {
+                        // Its frames are live on a stack we are about to free: nothing safe remains.
+                        eprintln!(
+                            "awaitlet: a fiber caught its cancellation and suspended again; aborting"
+                        );
+                        std::process::abort();
+                    }
                 }
             }
         }
@@ -206,33 +222,30 @@ impl<F> Fiber<F> {
 
 impl<F> Drop for Fiber<F> {
     fn drop(&mut self) {
-        self.cancel();
+        self.finish();
     }
 }
 
-unsafe extern "C" fn entry<F: FnOnce(&Suspender, usize) -> usize>(arg: usize, _data: *mut ()) -> ! {
-    // SAFETY: the first switch in passes a `Start<F>` that outlives this read.
-    let start = unsafe { &*(arg as *const Start<F>) };
-    let closure = start.closure.take();
+unsafe extern "C" fn entry<F: FnOnce(&Suspender, usize) -> usize>(arg: usize, data: *mut ()) -> ! {
+    // SAFETY: `data` is the `Shared` block `Fiber::new` wrote at the top of this stack.
+    let shared = unsafe { &*(data as *const Shared) };
+    // SAFETY: the closure was written by `Fiber::new` and is moved out exactly once, here.
+    let closure = unsafe { std::ptr::read(shared.closure as *mut F) };
     let suspender = Suspender {
-        caller: Cell::new(start.message.caller),
-        own: Cell::new(start.message.own),
+        shared: NonNull::from(shared),
         _not_send: PhantomData,
     };
-    let value = start.message.value;
-    let outcome = match catch_unwind(AssertUnwindSafe(|| {
-        let closure = closure.expect("fiber started without its closure");
-        closure(&suspender, value)
-    })) {
-        Ok(result) => Resumed::Returned(result),
-        Err(payload) => Resumed::Panicked(payload),
+    let word = match catch_unwind(AssertUnwindSafe(|| closure(&suspender, arg))) {
+        Ok(result) => {
+            shared.state.set(State::Returned);
+            result
+        }
+        Err(payload) => {
+            shared.panic.set(Some(payload));
+            shared.state.set(State::Panicked);
+            0
+        }
     };
-    // SAFETY: `caller` is the suspended resumer; `outcome` stays on this stack, which is not
-    // released before the resumer has read it.
-    unsafe {
-        arch::switch_final(
-            &outcome as *const Resumed as usize,
-            &*suspender.caller.get(),
-        )
-    }
+    // SAFETY: the caller is suspended in `Fiber::resume`; nothing on this stack is needed again.
+    unsafe { arch::switch_final(word, &shared.caller) }
 }

@@ -9,7 +9,9 @@
 //!    Boost.Context's `fcontext` (through the `context` crate) everywhere else;
 //! 2. [`stack`]: mmap'd stacks with a guard page, lazily committed and pooled per thread, with a
 //!    clear report on overflow;
-//! 3. greenlets and the async bridge, on top (in progress).
+//! 3. [`greenlet`]: the tree of greenlets, `switch`, `throw`, `kill`, kill on drop, with Python
+//!    greenlet's semantics;
+//! 4. the async bridge (in progress).
 //!
 //! Supported targets: Unix. x86_64 Linux uses the native backend; other architectures (and
 //! x86_64 built with `RUSTFLAGS='--cfg awaitlet_backend="context"'`) use the portable one.
@@ -20,7 +22,10 @@
 mod arch;
 #[doc(hidden)]
 pub mod engine;
+pub mod greenlet;
 pub mod stack;
+
+pub use greenlet::{Greenlet, GreenletExit, ParentError, SwitchError, getcurrent};
 
 /// The context-switch backend compiled in: `"x86_64"` (native) or `"context"` (portable fallback).
 ///

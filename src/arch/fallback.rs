@@ -15,10 +15,11 @@
 //!   entry functions catch panics themselves (a panic that escaped anyway would abort);
 //! - `resume_ontop` is never used.
 //!
-//! Link slots exist (so [`Context`] has one shape) but are never written after [`init`]:
+//! Links exist (so [`Context`] has one shape) but are never written after [`init`]:
 //! `fcontext` has no CFI, so backtraces stop at the root of a greenlet stack.
 //! See asm-notes/fallback.md.
 
+use std::cell::Cell;
 use std::ffi::c_void;
 use std::ptr::NonNull;
 
@@ -85,7 +86,7 @@ extern "C" fn trampoline(priming: context::Transfer) -> ! {
 }
 
 /// Makes a context on `[stack_bottom, stack_top)` that calls `entry(arg, data)` when first
-/// switched to.
+/// switched to; the [`Context`] itself lives at the top of the region.
 ///
 /// # Safety
 ///
@@ -96,20 +97,26 @@ pub(crate) unsafe fn init(
     stack_bottom: *mut u8,
     entry: EntryFn,
     data: *mut (),
-) -> Context {
-    // The link slot takes the top word, as on the native backend; the `fcontext` frame goes below.
-    let link = stack_top.cast::<usize>().wrapping_sub(2);
-    // SAFETY: the caller hands us this memory.
-    unsafe { link.write(TERMINATOR.0.as_ptr() as usize) };
-    // SAFETY: the region below the link slot is ours per the caller's contract.
-    let stack = unsafe { context::stack::Stack::new(link.cast(), stack_bottom.cast()) };
+) -> NonNull<Context> {
+    // The context takes the top 32 bytes, as on the native backend; the `fcontext` frame goes below.
+    let context = stack_top.cast::<usize>().wrapping_sub(3).cast::<Context>();
+    let fcontext_top = stack_top.wrapping_sub(32);
+    // SAFETY: the region below the context is ours per the caller's contract.
+    let stack = unsafe { context::stack::Stack::new(fcontext_top.cast(), stack_bottom.cast()) };
     // SAFETY: `stack` describes live memory; `trampoline` never returns nor unwinds.
     let fresh = unsafe { context::Context::new(&stack, trampoline) };
     let start = Start { entry, data };
     // SAFETY: the trampoline copies `start` and resumes us straight back (it never runs the
     // entry function before the first real switch); the handle it returns is its parked frame.
     let parked = unsafe { fresh.resume(&start as *const Start as usize) };
-    Context::from_parts(raw_handle(parked.context), link)
+    // SAFETY: the top 24 bytes are ours and aligned for `Context`.
+    unsafe {
+        context.write(Context {
+            sp: Cell::new(raw_handle(parked.context)),
+            link: Cell::new(TERMINATOR.0.as_ptr() as usize),
+        });
+        NonNull::new_unchecked(context)
+    }
 }
 
 /// Suspends the running context into `from` and resumes `to` with `arg`.
@@ -137,7 +144,7 @@ pub(crate) unsafe fn switch(arg: usize, from: &Context, to: &Context) -> usize {
 pub(crate) unsafe fn switch_final(arg: usize, to: &Context) -> ! {
     // The resumed side stores our (dead) handle through `save_to`: give it a scratch context
     // on this stack, which is still mapped until `to` has run past that store.
-    let scratch = Context::from_parts(0, std::ptr::null_mut());
+    let scratch = Context::for_thread_stack();
     let packet = Packet {
         arg,
         save_to: &scratch,

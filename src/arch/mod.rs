@@ -10,17 +10,18 @@
 //! - [`switch_final`] resumes another context without saving the running one: the last switch
 //!   made by a context whose stack is about to be released.
 //!
-//! A [`Context`] is two words: the saved stack pointer of a suspended context, and the address of
-//! its *link slot*. The link slot of a greenlet stack sits at the top of that stack; each switch
-//! writes the switcher's stack pointer into the target's link slot, and the entry trampoline's
-//! DWARF CFI reads it back, so an unwinder (a backtrace, gdb) walking up from the target's root
-//! frame steps into the frames of the context that resumed it:
+//! A [`Context`] is two words: the saved stack pointer of a suspended context, and its *link*.
+//! The context of a greenlet stack sits at the top of that stack; each switch writes the
+//! switcher's stack pointer into the target's link, and the entry trampoline's DWARF CFI reads
+//! it back, so an unwinder (a backtrace, gdb) walking up from the target's root frame steps into
+//! the frames of the context that resumed it:
 //!
 //! ```text
 //!   greenlet stack                         resumer's stack
 //!   +------------------+  top              |        ...        |
 //!   | entry fn         |                   | resumer's frames  |
-//!   | link slot  ------+------------------>+-------------------+ <- resumer's saved sp
+//!   | Context: link ---+------------------>+-------------------+ <- resumer's saved sp
+//!   |          sp      |                   |                   |
 //!   | data             |                   | saved rbp, rip,   |
 //!   | ...              |                   | rbx (see x86_64)  |
 //!   | trampoline frame |
@@ -48,7 +49,7 @@
 //!   Unix target, and on x86_64 when built with `RUSTFLAGS='--cfg awaitlet_backend="context"'`.
 //!   It has no CFI, so backtraces stop at the root of each greenlet stack.
 
-use std::cell::{Cell, UnsafeCell};
+use std::cell::Cell;
 
 // The backend ladder: the first matching rung wins, and the last one refuses to build.
 #[cfg(all(
@@ -88,13 +89,17 @@ pub(crate) type EntryFn = unsafe extern "C" fn(arg: usize, data: *mut ()) -> !;
 
 /// A suspended, or running, execution context: its saved stack pointer and its link slot.
 ///
+/// The context of a stack made by [`init`] lives at the top of that stack (where its trampoline's
+/// CFI finds the link); [`init`] hands out a pointer to it. A context for code on the thread's
+/// own stack can live anywhere ([`Context::for_thread_stack`]); its link is written, never read.
 /// While a context runs, `sp` is stale; it is written by the [`switch`] that suspends it.
 #[repr(C)]
 pub(crate) struct Context {
-    /// The saved stack pointer (backend specific meaning: the `fcontext` handle in the fallback).
-    sp: Cell<usize>,
-    /// Where switches into this context record the switcher's stack pointer (see the module docs).
-    link: *mut usize,
+    /// The saved stack pointer (the `fcontext` handle on the fallback backend).
+    pub(super) sp: Cell<usize>,
+    /// The stack pointer of whichever context last switched to this one, or the terminator
+    /// (see the module docs).
+    pub(super) link: Cell<usize>,
 }
 
 /// The frame an unwinder reads when a link is reset: return address zero ends the walk, and the
@@ -105,28 +110,13 @@ pub(crate) struct Terminator([usize; 4]);
 /// See [`Terminator`].
 pub(crate) static TERMINATOR: Terminator = Terminator([0; 4]);
 
-thread_local! {
-    /// Link slot shared by every context that runs on a thread's own stack (main greenlets, the
-    /// callers of engine fibers). Nothing unwinds through it: such a context has no trampoline.
-    /// Const-initialised without a destructor, so it stays valid until the thread is gone.
-    static THREAD_LINK: UnsafeCell<usize> = const { UnsafeCell::new(0) };
-}
-
 impl Context {
     /// A context for code running on the thread's own stack (not on a stack made by [`init`]).
     /// Its `sp` is filled in by the first [`switch`] away from it.
-    pub(crate) fn for_thread_stack() -> Context {
+    pub(crate) const fn for_thread_stack() -> Context {
         Context {
             sp: Cell::new(0),
-            link: THREAD_LINK.with(|link| link.get()),
-        }
-    }
-
-    /// A context whose initial frame has already been written at `sp` with its link slot at `link`.
-    fn from_parts(sp: usize, link: *mut usize) -> Context {
-        Context {
-            sp: Cell::new(sp),
-            link,
+            link: Cell::new(0),
         }
     }
 }

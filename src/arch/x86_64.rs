@@ -30,27 +30,34 @@
 //! the return-address predictor never sees an unbalanced return; each inlined switch site owns
 //! its indirect jump, which the branch target buffer predicts well in ping-pong patterns.
 //!
-//! A fresh stack is given a frame of the same shape whose resume address is the trampoline:
+//! A fresh stack gets its [`Context`] at the top, then a frame of the same shape whose resume
+//! address is the trampoline:
 //!
 //! ```text
 //!   top      +------------------+  (16-byte aligned)
 //!   top - 8  | entry fn         |
-//!   top - 16 | link slot        |  <- CFA expression reads this
-//!   top - 24 | data             |
-//!   top - 32 | (rbx: unused)    |
-//!   top - 40 | trampoline       |
-//!   top - 48 | (rbp: 0)         |  <- initial sp
+//!   top - 16 | Context.link     |  <- the CFA expression reads this
+//!   top - 24 | Context.sp       |
+//!   top - 32 | data             |
+//!   top - 40 | (padding)        |
+//!   top - 48 | (rbx: unused)    |
+//!   top - 56 | trampoline       |
+//!   top - 64 | (rbp: 0)         |  <- initial sp
 //! ```
 //!
-//! The trampoline loads `data`, points `rbp` at the link slot (so the frame-pointer chain
-//! continues into the resumer), pushes its own return address and jumps to the entry function,
-//! which therefore starts with the ABI's alignment (`rsp % 16 == 8`). The entry function never
+//! The trampoline loads `data`, points `rbp` at the link (so the frame-pointer chain continues
+//! into the resumer), pushes its own return address and jumps to the entry function, which
+//! therefore starts with the ABI's alignment (`rsp % 16 == 8`). The entry function never
 //! returns.
+//!
+//! A switch is then three stores and one load besides the pushes and pops: save our `sp`, reset
+//! our own link, write the target's link, load the target's `sp`. Both links sit inside the
+//! `Context`s, so no store waits on a pointer load.
 //!
 //! # CFI
 //!
 //! The trampoline's frame describes its caller as "whoever switched into this stack last":
-//! `CFA = *(rsp + 32) + 24` (the link slot holds the resumer's saved sp; its frame is 24 bytes),
+//! `CFA = *(rsp + 48) + 24` (the link holds the resumer's saved sp; its frame is 24 bytes),
 //! and `rip`, `rbp`, `rbx` are found at `CFA - 16`, `CFA - 24`, `CFA - 8`. The unwinder then
 //! continues in the resumer's function at the instruction right after its switch, with `rsp`
 //! equal to what that function had before its `asm!` block, which is exactly what that
@@ -63,6 +70,8 @@
 //! `asm!` block.
 
 use std::arch::{asm, global_asm};
+use std::cell::Cell;
+use std::ptr::NonNull;
 
 use super::{Context, EntryFn, TERMINATOR};
 
@@ -80,18 +89,18 @@ global_asm!(
     ".cfi_signal_frame",
     // Nothing to unwind into until the frame below is set up.
     ".cfi_undefined rip",
-    // On entry: rsp = initial sp (top - 48), rdi = the first switch's word.
-    "mov rsi, [rsp + 24]",
-    "lea rbp, [rsp + 32]",
-    // DW_CFA_def_cfa_expression, 5 bytes: DW_OP_breg7 (rsp) + 32; DW_OP_deref;
+    // On entry: rsp = initial sp (top - 64), rdi = the first switch's word.
+    "mov rsi, [rsp + 32]",
+    "lea rbp, [rsp + 48]",
+    // DW_CFA_def_cfa_expression, 5 bytes: DW_OP_breg7 (rsp) + 48; DW_OP_deref;
     // DW_OP_plus_uconst 24.
-    ".cfi_escape 0x0f, 5, 0x77, 32, 0x06, 0x23, 24",
+    ".cfi_escape 0x0f, 5, 0x77, 48, 0x06, 0x23, 24",
     ".cfi_offset rbx, -8",
     ".cfi_offset rip, -16",
     ".cfi_offset rbp, -24",
     "lea rax, [rip + 2f]",
     "push rax",
-    "jmp qword ptr [rsp + 48]",
+    "jmp qword ptr [rsp + 64]",
     "2:",
     // Never reached: entry functions do not return. Also keeps the return address inside
     // this function's bounds for unwinders that look it up as is.
@@ -106,7 +115,8 @@ unsafe extern "C" {
     fn awaitlet_x86_64_trampoline_v0();
 }
 
-/// Writes the initial frame for `entry(arg, data)` below `stack_top` and returns its context.
+/// Writes a [`Context`] and the initial frame for `entry(arg, data)` below `stack_top`; returns
+/// the context, which lives there.
 ///
 /// # Safety
 ///
@@ -118,19 +128,26 @@ pub(crate) unsafe fn init(
     _stack_bottom: *mut u8,
     entry: EntryFn,
     data: *mut (),
-) -> Context {
+) -> NonNull<Context> {
     debug_assert_eq!(stack_top as usize % 16, 0);
     let top = stack_top.cast::<usize>();
-    // SAFETY: the caller gives us the 48 bytes below `stack_top`, aligned for words.
+    // SAFETY: the caller gives us the 64 bytes below `stack_top`, aligned for words; `Context`
+    // is two words, `repr(C)`, at `top - 24`.
     unsafe {
+        let initial_sp = top.sub(8);
         top.sub(1).write(entry as *const () as usize);
-        top.sub(2).write(TERMINATOR.0.as_ptr() as usize);
-        top.sub(3).write(data as usize);
-        top.sub(4).write(0);
-        top.sub(5)
-            .write(awaitlet_x86_64_trampoline_v0 as *const () as usize);
+        let context = top.sub(3).cast::<Context>();
+        context.write(Context {
+            sp: Cell::new(initial_sp as usize),
+            link: Cell::new(TERMINATOR.0.as_ptr() as usize),
+        });
+        top.sub(4).write(data as usize);
+        top.sub(5).write(0);
         top.sub(6).write(0);
-        Context::from_parts(top.sub(6) as usize, top.sub(2))
+        top.sub(7)
+            .write(awaitlet_x86_64_trampoline_v0 as *const () as usize);
+        initial_sp.write(0);
+        NonNull::new_unchecked(context)
     }
 }
 
@@ -156,11 +173,10 @@ pub(crate) unsafe fn switch(arg: usize, from: &Context, to: &Context) -> usize {
             "push rbp",
             // from.sp = rsp; our own link is no longer walked: reset it.
             "mov [rsi], rsp",
-            "mov rax, [rsi + 8]",
-            "mov [rax], r8",
-            // to's link = our frame, for its trampoline's CFI.
-            "mov rax, [rdx + 8]",
-            "mov [rax], rsp",
+            "lea rax, [rip + {terminator}]",
+            "mov [rsi + 8], rax",
+            // to.link = our frame, for its trampoline's CFI.
+            "mov [rdx + 8], rsp",
             "mov rsp, [rdx]",
             "jmp qword ptr [rsp + 8]",
             // Resumed here by another switch, rdi holding the word it passed.
@@ -171,7 +187,7 @@ pub(crate) unsafe fn switch(arg: usize, from: &Context, to: &Context) -> usize {
             inout("rdi") arg => received,
             in("rsi") from as *const Context,
             in("rdx") to as *const Context,
-            in("r8") TERMINATOR.0.as_ptr(),
+            terminator = sym TERMINATOR,
             lateout("r12") _,
             lateout("r13") _,
             lateout("r14") _,
@@ -193,13 +209,13 @@ pub(crate) unsafe fn switch_final(arg: usize, to: &Context) -> ! {
     // target's link is reset rather than pointed at this stack, which is about to be released.
     unsafe {
         asm!(
-            "mov rax, [rdx + 8]",
-            "mov [rax], r8",
+            "lea rax, [rip + {terminator}]",
+            "mov [rdx + 8], rax",
             "mov rsp, [rdx]",
             "jmp qword ptr [rsp + 8]",
             in("rdi") arg,
             in("rdx") to as *const Context,
-            in("r8") TERMINATOR.0.as_ptr(),
+            terminator = sym TERMINATOR,
             options(noreturn),
         );
     }

@@ -101,10 +101,7 @@ fn diagnose(call: &'static str, errno: i32, mapping: usize) -> StackError {
     {
         #[allow(clippy::unnecessary_cast)] // rlim_t is u64 on Linux but i64 on FreeBSD
         let limit = limit.rlim_cur as u64;
-        return StackError::AddressSpaceExhausted {
-            limit,
-            mapping,
-        };
+        return StackError::AddressSpaceExhausted { limit, mapping };
     }
     StackError::OutOfMemory { mapping }
 }
