@@ -65,6 +65,9 @@ pub(crate) struct Record {
     stack: Cell<Option<Stack>>,
     pub(crate) name: Option<std::borrow::Cow<'static, str>>,
     pub(crate) is_main: bool,
+    /// The type the greenlet's pending switch asks for (its `run` argument type while unstarted),
+    /// written when it suspends: a sender of exactly that type may skip the full message.
+    awaiting: Cell<TypeId>,
 }
 
 impl Drop for Record {
@@ -104,7 +107,7 @@ impl Drop for MainOwner {
 }
 
 /// The running greenlet of this thread (creating the main greenlet on first use).
-#[inline]
+#[inline(always)]
 pub(crate) fn current_record() -> *const Record {
     let current = CURRENT.with(Cell::get);
     if current.addr() <= EXITED.addr() {
@@ -128,6 +131,7 @@ fn current_record_slow(current: *const Record) -> *const Record {
         stack: Cell::new(None),
         name: Some("main".into()),
         is_main: true,
+        awaiting: Cell::new(TypeId::of::<()>()),
     });
     let pointer = Rc::as_ptr(&main);
     // `thread_context` never moves (the record is in an `Rc` allocation) and lives as long as it.
@@ -191,19 +195,22 @@ pub(crate) fn new_record<A: 'static, B: 'static, F: FnOnce(A) -> B + 'static>(
         stack: Cell::new(Some(stack)),
         name,
         is_main: false,
+        awaiting: Cell::new(TypeId::of::<A>()),
     })
 }
 
-/// A value in flight: its bytes stay in the sender's frame until the receiver moves them.
+/// A value in flight: its bytes stay in the sender's frame until the receiver moves them; so
+/// does this description of them (the message carries only its address).
 pub(crate) struct ValueRef {
-    pointer: *mut (),
     type_id: TypeId,
-    type_name: &'static str,
+    pointer: *mut (),
     into_box: unsafe fn(*mut ()) -> Box<dyn Any>,
+    type_name: &'static str,
 }
 
 impl ValueRef {
     /// Refers to `value`, which the caller must not touch (nor drop) again.
+    #[inline(always)]
     pub(crate) fn new<T: 'static>(value: &mut ManuallyDrop<T>) -> ValueRef {
         // SAFETY: a `ManuallyDrop<T>` is a `T` that will not be dropped by its owner.
         unsafe { ValueRef::from_pointer(&mut **value as *mut T) }
@@ -215,16 +222,17 @@ impl ValueRef {
     ///
     /// `pointer` must point to a valid `T` that its owner neither touches nor drops again, and
     /// that stays in place until the receiver has moved it out.
+    #[inline(always)]
     unsafe fn from_pointer<T: 'static>(pointer: *mut T) -> ValueRef {
         unsafe fn into_box<T: 'static>(pointer: *mut ()) -> Box<dyn Any> {
             // SAFETY: `pointer` is the `T` this `ValueRef` was made from, moved out only here.
             Box::new(unsafe { std::ptr::read(pointer as *mut T) })
         }
         ValueRef {
-            pointer: pointer as *mut (),
             type_id: TypeId::of::<T>(),
-            type_name: std::any::type_name::<T>(),
+            pointer: pointer as *mut (),
             into_box: into_box::<T>,
+            type_name: std::any::type_name::<T>(),
         }
     }
 
@@ -232,28 +240,31 @@ impl ValueRef {
     ///
     /// # Safety
     ///
-    /// The value must still be in place (not moved out before).
-    unsafe fn take<T: 'static>(self) -> Result<T, (Box<dyn Any>, &'static str)> {
-        if self.type_id == TypeId::of::<T>() {
-            // SAFETY: the type matches and the value is moved out exactly once.
-            Ok(unsafe { std::ptr::read(self.pointer as *mut T) })
-        } else {
-            // SAFETY: the value is moved out exactly once.
-            Err((unsafe { (self.into_box)(self.pointer) }, self.type_name))
+    /// `value` must point to a live `ValueRef` whose value is still in place.
+    #[inline(always)]
+    unsafe fn take<T: 'static>(value: *const ValueRef) -> Result<T, (Box<dyn Any>, &'static str)> {
+        // SAFETY: the caller guarantees `value` is live and its value in place; it is moved out
+        // exactly once, by whichever branch runs.
+        unsafe {
+            if (*value).type_id == TypeId::of::<T>() {
+                Ok(std::ptr::read((*value).pointer as *mut T))
+            } else {
+                Err((((*value).into_box)((*value).pointer), (*value).type_name))
+            }
         }
     }
 }
 
 /// What a switch delivers.
 pub(crate) enum Payload {
-    /// A value owned by the sender's frame.
-    Value(ValueRef),
+    /// A value owned by the sender's frame, described by a [`ValueRef`] also in that frame.
+    Value(*const ValueRef),
     /// A value already boxed (a `GreenletExit` delivered as a value).
     Boxed(Box<dyn Any>),
     /// A panic to raise in the receiver (a `throw`, or a panic propagating to a parent).
     Panic(Box<dyn Any + Send>),
     /// An error for the receiver's pending switch (a start with an argument of the wrong type).
-    Failed(SwitchError),
+    Failed(Box<SwitchError>),
 }
 
 impl Payload {
@@ -268,16 +279,43 @@ impl Payload {
         matches!(self, Payload::Panic(payload) if payload.is::<GreenletExit>())
     }
 
+    /// The `TypeId` of the value this payload carries, if it carries one.
+    fn value_type(&self) -> Option<TypeId> {
+        match self {
+            // SAFETY: a `Value` payload points at a live `ValueRef` while it is in flight.
+            Payload::Value(value) => Some(unsafe { (**value).type_id }),
+            Payload::Boxed(boxed) => Some((**boxed).type_id()),
+            Payload::Panic(_) | Payload::Failed(_) => None,
+        }
+    }
+
+    /// Moves a carried value into a box (for an error), with its type name when known.
+    ///
+    /// # Safety
+    ///
+    /// A `Value` must still be in place.
+    unsafe fn into_boxed_value(self) -> Result<(Box<dyn Any>, &'static str), Payload> {
+        match self {
+            // SAFETY: the caller guarantees the value is in place; it is moved out once.
+            Payload::Value(value) => unsafe {
+                Ok((((*value).into_box)((*value).pointer), (*value).type_name))
+            },
+            Payload::Boxed(boxed) => Ok((boxed, "a boxed value")),
+            other => Err(other),
+        }
+    }
+
     /// Turns the payload into what a pending `switch::<_, R>` returns; a panic is returned as
     /// `Err(Ok(payload))` for the caller to raise once its bookkeeping is done.
     ///
     /// # Safety
     ///
     /// A `Value` must still be in place.
+    #[inline(always)]
     unsafe fn receive<R: 'static>(self) -> Result<R, Result<Box<dyn Any + Send>, SwitchError>> {
         let (boxed, found) = match self {
             // SAFETY: the caller guarantees the value is in place.
-            Payload::Value(value) => match unsafe { value.take::<R>() } {
+            Payload::Value(value) => match unsafe { ValueRef::take::<R>(value) } {
                 Ok(value) => return Ok(value),
                 Err(mismatch) => mismatch,
             },
@@ -286,7 +324,7 @@ impl Payload {
                 Err(boxed) => (boxed, "a boxed value"),
             },
             Payload::Panic(payload) => return Err(Ok(payload)),
-            Payload::Failed(error) => return Err(Err(error)),
+            Payload::Failed(error) => return Err(Err(*error)),
         };
         Err(Err(match boxed.downcast::<GreenletExit>() {
             Ok(exit) => SwitchError::Exited(*exit),
@@ -299,15 +337,111 @@ impl Payload {
     }
 }
 
-/// The word a switch hands over points at one of these, on the sender's stack.
+/// What a switch hands over, on the sender's stack; the switched word is its address.
+///
+/// Only machine words, each read back with one 8-byte load: the receiver runs right after the
+/// sender's stores, which may still sit in the store buffer, and a wider load spanning two of
+/// them cannot be forwarded from there (it waits for them to reach the cache, dozens of cycles
+/// on every switch).
+#[repr(C)]
 struct Message {
-    payload: Payload,
+    kind: usize,
+    value: *const ValueRef,
+    boxed: *mut dyn Any,
+    panic: *mut (dyn Any + Send),
+    failed: *mut SwitchError,
     /// The greenlet that sent this message.
     origin: *const Record,
     /// The greenlet it is for (the entry function learns who it is from this).
     target: *const Record,
-    /// The sender's self-reference, when the sender has just finished.
+    /// The sender's self-reference (an `Rc` in raw form) when the sender has just finished.
+    dying: *const Record,
+}
+
+const KIND_VALUE: usize = 0;
+const KIND_BOXED: usize = 1;
+const KIND_PANIC: usize = 2;
+const KIND_FAILED: usize = 3;
+
+/// A message's contents, back in owned form.
+struct Received {
+    payload: Payload,
+    origin: *const Record,
+    target: *const Record,
     dying: Option<Greenlet>,
+}
+
+impl Message {
+    #[inline(always)]
+    fn new(
+        payload: Payload,
+        origin: *const Record,
+        target: *const Record,
+        dying: Option<Greenlet>,
+    ) -> Message {
+        let mut message = Message {
+            kind: KIND_VALUE,
+            value: std::ptr::null(),
+            boxed: std::ptr::null_mut::<()>() as *mut dyn Any,
+            panic: std::ptr::null_mut::<()>() as *mut (dyn Any + Send),
+            failed: std::ptr::null_mut(),
+            origin,
+            target,
+            dying: dying.map_or(std::ptr::null(), |dying| Rc::into_raw(dying.into_record())),
+        };
+        match payload {
+            Payload::Value(value) => message.value = value,
+            Payload::Boxed(boxed) => {
+                (message.kind, message.boxed) = (KIND_BOXED, Box::into_raw(boxed))
+            }
+            Payload::Panic(panic) => {
+                (message.kind, message.panic) = (KIND_PANIC, Box::into_raw(panic))
+            }
+            Payload::Failed(failed) => {
+                (message.kind, message.failed) = (KIND_FAILED, Box::into_raw(failed))
+            }
+        }
+        message
+    }
+
+    /// Takes the contents of the message at `address`, one word per load.
+    ///
+    /// # Safety
+    ///
+    /// `address` must be a message made by [`Message::new`] and not received before.
+    #[inline(always)]
+    unsafe fn receive(address: usize) -> Received {
+        let message = address as *const Message;
+        // SAFETY: the caller guarantees a live, unreceived message; each field is read once and
+        // its ownership (boxes, the dying reference) moves to the result.
+        unsafe {
+            let word = |field: *const usize| std::ptr::read_volatile(field);
+            let kind = word(&raw const (*message).kind);
+            let payload = match kind {
+                KIND_VALUE => Payload::Value(
+                    word(&raw const (*message).value as *const usize) as *const ValueRef
+                ),
+                KIND_BOXED => Payload::Boxed(Box::from_raw(std::ptr::read_volatile(
+                    &raw const (*message).boxed,
+                ))),
+                KIND_PANIC => Payload::Panic(Box::from_raw(std::ptr::read_volatile(
+                    &raw const (*message).panic,
+                ))),
+                _ => Payload::Failed(Box::from_raw(word(
+                    &raw const (*message).failed as *const usize,
+                ) as *mut SwitchError)),
+            };
+            let dying = word(&raw const (*message).dying as *const usize) as *const Record;
+            Received {
+                payload,
+                origin: word(&raw const (*message).origin as *const usize) as *const Record,
+                target: word(&raw const (*message).target as *const usize) as *const Record,
+                dying: (!dying.is_null()).then(|| Greenlet {
+                    record: Rc::from_raw(dying),
+                }),
+            }
+        }
+    }
 }
 
 /// Where a payload ends up.
@@ -340,37 +474,26 @@ fn resolve(target: &Greenlet, payload: &mut Payload) -> Destination {
                     .start
                     .take()
                     .expect("an unstarted greenlet has its closure");
-                match payload {
-                    Payload::Value(value) if value.type_id == start.argument => {
-                        record.start.set(Some(start));
-                        return Destination::There(Rc::as_ptr(&target.record));
-                    }
-                    Payload::Boxed(boxed) if (**boxed).type_id() == start.argument => {
-                        record.start.set(Some(start));
-                        return Destination::There(Rc::as_ptr(&target.record));
-                    }
-                    _ => {}
+                if payload.value_type() == Some(start.argument) {
+                    record.start.set(Some(start));
+                    return Destination::There(Rc::as_ptr(&target.record));
                 }
                 // It dies without running: its closure is dropped, its stack freed.
                 record.state.set(State::Dead);
                 // SAFETY: the closure was never started nor moved out.
                 unsafe { (start.drop_closure)(start.closure) };
                 drop(record.stack.take());
-                match std::mem::replace(payload, Payload::Boxed(Box::new(()))) {
-                    Payload::Value(value) => {
-                        // SAFETY: the value is in place (nothing took it yet).
-                        let found = value.type_name;
-                        let boxed = unsafe { (value.into_box)(value.pointer) };
-                        *payload = Payload::Failed(wrong_start_argument(boxed, found));
+                let taken = std::mem::replace(payload, Payload::Boxed(Box::new(())));
+                // SAFETY: a value in the payload is still in place (nothing took it yet).
+                *payload = match unsafe { taken.into_boxed_value() } {
+                    Ok((value, found)) => {
+                        Payload::Failed(Box::new(wrong_start_argument(value, found)))
                     }
-                    Payload::Boxed(boxed) => {
-                        *payload = Payload::Failed(wrong_start_argument(boxed, "a boxed value"));
+                    Err(Payload::Panic(panic)) if panic.is::<GreenletExit>() => {
+                        Payload::Boxed(panic)
                     }
-                    Payload::Panic(panic) if panic.is::<GreenletExit>() => {
-                        *payload = Payload::Boxed(panic)
-                    }
-                    other => *payload = other,
-                }
+                    Err(other) => other,
+                };
             }
         }
         direct = false;
@@ -395,6 +518,12 @@ fn convert_exit_to_value(payload: &mut Payload) {
 
 /// Sends `payload` to `target` (or where the walk leads) and returns what is eventually sent
 /// back to the running greenlet, as a `switch::<_, R>` sees it.
+///
+/// Inlined into the caller, like the whole path down to the `asm!` block: a function entered
+/// before a stack switch and left after it would execute a `ret` whose return address the CPU's
+/// return-stack buffer took from the *other* stack's calls, a mispredict on every switch. What
+/// runs entirely before ([`resolve`]) or entirely after ([`settle`]) is a normal call.
+#[inline(always)]
 pub(crate) fn transfer<R: 'static>(target: &Greenlet, payload: Payload) -> Result<R, SwitchError> {
     match transfer_raw(target, payload) {
         Ok(value) => Ok(value),
@@ -404,78 +533,162 @@ pub(crate) fn transfer<R: 'static>(target: &Greenlet, payload: Payload) -> Resul
 }
 
 /// [`transfer`], handing a received panic back instead of raising it.
+#[inline(always)]
 pub(crate) fn transfer_raw<R: 'static>(
     target: &Greenlet,
     mut payload: Payload,
 ) -> Result<R, Result<Box<dyn Any + Send>, SwitchError>> {
     let me = current_record();
-    match resolve(target, &mut payload) {
-        Destination::Here => {
-            let message = Message {
+    // The common case, a suspended target, needs no walk.
+    let destination = if target.record.state.get() == State::Suspended {
+        Destination::There(Rc::as_ptr(&target.record))
+    } else {
+        resolve(target, &mut payload)
+    };
+    match destination {
+        Destination::Here => settle::<R>(
+            me,
+            Received {
                 payload,
                 origin: me,
                 target: me,
                 dying: None,
-            };
-            settle::<R>(me, message)
-        }
+            },
+        ),
         Destination::There(receiver) => {
+            let message = Message::new(payload, me, receiver, None);
+            let word = &message as *const Message as usize | MESSAGE_TAG;
             // SAFETY: `me` is the running greenlet (alive); `receiver` is suspended or unstarted
-            // and kept alive by the target's parent chain, which the caller's handle holds.
-            unsafe {
-                (*me).state.set(State::Suspended);
-                let message = ManuallyDrop::new(Message {
-                    payload,
-                    origin: me,
-                    target: receiver,
-                    dying: None,
-                });
-                let received = arch::switch(
-                    &*message as *const Message as usize,
-                    (*me).context.get().as_ref(),
-                    (*receiver).context.get().as_ref(),
-                );
-                CURRENT.with(|current| current.set(me));
-                (*me).state.set(State::Running);
-                settle::<R>(me, std::ptr::read(received as *const Message))
+            // and kept alive by the target's parent chain, which the caller's handle holds. The
+            // message stays in this frame until the receiver has taken it.
+            unsafe { switch_and_settle::<R>(me, receiver, word) }
+        }
+    }
+}
+
+/// Low bit of a switched word: set, the word is the address of a [`Message`]; clear, it is the
+/// address of a value of exactly the type the receiver awaits (see [`transfer_value`]).
+const MESSAGE_TAG: usize = 1;
+
+/// Switches from `me` to `receiver` with `word`, then settles what comes back.
+///
+/// # Safety
+///
+/// `me` must be the running greenlet and `receiver` a suspended or unstarted one, kept alive
+/// until `me` is resumed; `word` must be valid for `receiver` (see [`MESSAGE_TAG`]).
+#[inline(always)]
+unsafe fn switch_and_settle<R: 'static>(
+    me: *const Record,
+    receiver: *const Record,
+    word: usize,
+) -> Result<R, Result<Box<dyn Any + Send>, SwitchError>> {
+    // SAFETY: the caller's contract.
+    unsafe {
+        (*me).state.set(State::Suspended);
+        (*me).awaiting.set(TypeId::of::<R>());
+        let received = arch::switch(word, (*me).context.get().as_ref(), (*receiver).context.get().as_ref());
+        let origin = CURRENT.with(|current| current.replace(me));
+        (*me).state.set(State::Running);
+        if received & MESSAGE_TAG != 0 {
+            settle::<R>(me, Message::receive(received & !MESSAGE_TAG))
+        } else {
+            // The sender checked that its value is an `R`; a zero-sized one has no address.
+            let value = if std::mem::size_of::<R>() == 0 {
+                std::ptr::read(NonNull::<R>::dangling().as_ptr())
+            } else {
+                std::ptr::read(received as *const R)
+            };
+            match after_receive(TraceEvent::Switch, origin, me, None) {
+                Ok(()) => Ok(value),
+                Err(panic) => {
+                    drop(value);
+                    resume_unwind(panic)
+                }
             }
         }
     }
 }
 
+/// [`transfer`] of a value of type `T`: when the target is suspended in a switch that asks for
+/// exactly a `T`, the word handed over is the value's address and nothing else is written.
+#[inline(always)]
+pub(crate) fn transfer_value<T: 'static, R: 'static>(target: &Greenlet, value: T) -> Result<R, SwitchError> {
+    let mut value = ManuallyDrop::new(value);
+    let address = if std::mem::size_of::<T>() == 0 {
+        0
+    } else {
+        &mut *value as *mut T as usize
+    };
+    let record = &*target.record;
+    let outcome = if record.state.get() == State::Suspended
+        && record.awaiting.get() == TypeId::of::<T>()
+        && address & MESSAGE_TAG == 0
+    {
+        // SAFETY: we run (`current_record`); the target is suspended, kept alive by the
+        // caller's handle; it awaits a `T` and reads it from `address` before anything else runs
+        // on our stack; `value` is never dropped here.
+        unsafe { switch_and_settle::<R>(current_record(), Rc::as_ptr(&target.record), address) }
+    } else {
+        let value = ValueRef::new(&mut value);
+        transfer_raw::<R>(target, Payload::Value(&value))
+    };
+    match outcome {
+        Ok(value) => Ok(value),
+        Err(Ok(panic)) => resume_unwind(panic),
+        Err(Err(error)) => Err(error),
+    }
+}
+
 /// The receiving half of every switch, once `CURRENT` names the receiver `me`: takes the value,
 /// calls the trace hook, drops a finished sender's self-reference and kills an abandoned one.
+#[inline(always)]
 fn settle<R: 'static>(
     me: *const Record,
-    message: Message,
+    received: Received,
 ) -> Result<R, Result<Box<dyn Any + Send>, SwitchError>> {
-    let Message {
+    let Received {
         payload,
         origin,
         dying,
         ..
-    } = message;
+    } = received;
     let event = payload.event();
     // SAFETY: a value in the payload is still in place: nothing ran since the sender's switch.
     let received = unsafe { payload.receive::<R>() };
+    if let Err(panic) = after_receive(event, origin, me, dying) {
+        drop(received);
+        resume_unwind(panic);
+    }
+    received
+}
+
+/// The bookkeeping after a value was taken: the trace hook, then the sender's fate. Returns a
+/// panic of the trace hook, for the receiver to raise.
+#[inline(always)]
+fn after_receive(
+    event: TraceEvent,
+    origin: *const Record,
+    me: *const Record,
+    dying: Option<Greenlet>,
+) -> Result<(), Box<dyn Any + Send>> {
     let traced = trace::call(event, origin, me);
     match dying {
-        Some(dying) => {
-            // Its stack can go back to the pool now, whoever still holds a handle to it.
-            drop(dying.record.stack.take());
-            drop(dying);
-        }
+        Some(dying) => release_finished(dying),
         None if origin != me => {
             // SAFETY: a sender that is not finished is alive: suspended, or running (it is us).
             unsafe { kill_if_abandoned(origin) }
         }
         None => {}
     }
-    if let Err(panic) = traced {
-        drop(received);
-        resume_unwind(panic);
-    }
-    received
+    traced
+}
+
+/// Drops a finished greenlet's self-reference, once it has switched away for the last time.
+#[cold]
+fn release_finished(dying: Greenlet) {
+    // Its stack can go back to the pool now, whoever still holds a handle to it.
+    drop(dying.record.stack.take());
+    drop(dying);
 }
 
 /// Kills a suspended greenlet whose only reference is its own (see the module docs).
@@ -483,21 +696,31 @@ fn settle<R: 'static>(
 /// # Safety
 ///
 /// `record` must be alive.
+#[inline(always)]
 unsafe fn kill_if_abandoned(record: *const Record) {
-    // SAFETY: the caller guarantees the record is alive; the count read is a plain load.
-    unsafe {
-        if (*record).state.get() == State::Suspended && !(*record).is_main {
-            Rc::increment_strong_count(record);
-            if Rc::strong_count(&ManuallyDrop::new(Rc::from_raw(record))) == 2 {
-                // Our temporary reference is now the last handle: dropping it kills.
-                drop(Greenlet {
-                    record: Rc::from_raw(record),
-                });
-            } else {
-                Rc::decrement_strong_count(record);
-            }
-        }
+    // SAFETY: the caller guarantees the record is alive; the handle made here is never dropped,
+    // so the count is only read.
+    let only_self = unsafe {
+        (*record).state.get() == State::Suspended
+            && !(*record).is_main
+            && Rc::strong_count(&ManuallyDrop::new(Rc::from_raw(record))) == 1
+    };
+    if only_self {
+        // SAFETY: as above.
+        unsafe { kill_abandoned_sender(record) }
     }
+}
+
+/// Kills a sender found abandoned (rule 43): it dropped its last handle to itself, then switched.
+///
+/// # Safety
+///
+/// `record` must be alive.
+#[cold]
+unsafe fn kill_abandoned_sender(record: *const Record) {
+    // SAFETY: the caller guarantees the record is alive. The handle made here is the last one
+    // besides the greenlet's own, so dropping it kills the greenlet.
+    drop(unsafe { handle_from_raw(record) });
 }
 
 /// Kill on drop: throws `GreenletExit` into `victim`, whose last handle is being dropped, with
@@ -537,7 +760,7 @@ unsafe extern "C" fn entry<A: 'static, B: 'static, F: FnOnce(A) -> B + 'static>(
 ) -> ! {
     // SAFETY: the first switch in passes a `Message` whose target is this greenlet's record,
     // kept alive by the sender's handle until we take our own reference just below.
-    let message = unsafe { std::ptr::read(arg as *const Message) };
+    let message = unsafe { Message::receive(arg & !MESSAGE_TAG) };
     let me_pointer = message.target;
     // SAFETY: as above.
     let me = unsafe { handle_from_raw(me_pointer) };
@@ -568,10 +791,14 @@ unsafe extern "C" fn entry<A: 'static, B: 'static, F: FnOnce(A) -> B + 'static>(
     };
     me.record.state.set(State::Dead);
     let mut returned = std::mem::MaybeUninit::<B>::uninit();
+    let value_ref;
     let mut payload = match outcome {
-        // SAFETY: `returned` is never dropped nor touched again by this frame; the receiver
-        // moves the value out before this stack is released.
-        Ok(value) => Payload::Value(unsafe { ValueRef::from_pointer(returned.write(value)) }),
+        Ok(value) => {
+            // SAFETY: `returned` is never dropped nor touched again by this frame; the receiver
+            // moves the value out before this stack is released.
+            value_ref = unsafe { ValueRef::from_pointer(returned.write(value)) };
+            Payload::Value(&value_ref)
+        }
         // Rule 18: an uncaught GreenletExit reaches the parent as a value.
         Err(panic) if panic.is::<GreenletExit>() => Payload::Boxed(panic),
         Err(panic) => Payload::Panic(panic),
@@ -587,19 +814,12 @@ unsafe extern "C" fn entry<A: 'static, B: 'static, F: FnOnce(A) -> B + 'static>(
         Destination::Here => unreachable!("a finished greenlet is not running"),
     };
     drop(parent);
-    let message = ManuallyDrop::new(Message {
-        payload,
-        origin: me_pointer,
-        target: receiver,
-        dying: Some(me),
-    });
+    let message = Message::new(payload, me_pointer, receiver, Some(me));
     // SAFETY: `receiver` is kept alive by our parent chain, which our record (kept alive by the
     // `dying` reference in the message) holds; every value left in this frame is moved out by
     // the receiver or owns nothing.
     unsafe {
-        arch::switch_final(
-            &*message as *const Message as usize,
-            (*receiver).context.get().as_ref(),
-        );
+        let word = &message as *const Message as usize | MESSAGE_TAG;
+        arch::switch_final(word, (*receiver).context.get().as_ref());
     }
 }

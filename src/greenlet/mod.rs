@@ -58,7 +58,7 @@ use std::rc::Rc;
 use crate::stack::{DEFAULT_STACK_SIZE, Stack, StackError};
 pub use trace::{TraceEvent, TraceHook, settrace};
 
-use self::core::{Payload, Record, State, ValueRef};
+use self::core::{Payload, Record, State};
 
 /// A handle to a greenlet. Cloning makes another handle to the same greenlet; handles compare
 /// and hash by identity.
@@ -214,10 +214,9 @@ impl Greenlet {
     ///     other => panic!("{other:?}"),
     /// }
     /// ```
-    #[inline]
+    #[inline(always)]
     pub fn switch<T: 'static, R: 'static>(&self, value: T) -> Result<R, SwitchError> {
-        let mut value = std::mem::ManuallyDrop::new(value);
-        core::transfer(self, Payload::Value(ValueRef::new(&mut value)))
+        core::transfer_value(self, value)
     }
 
     /// Raises a panic carrying `payload` in this greenlet, where it is suspended; returns what
@@ -340,6 +339,15 @@ impl Greenlet {
 
     fn state(&self) -> State {
         self.record.state.get()
+    }
+}
+
+impl Greenlet {
+    /// The record, without running this handle's `Drop` (the reference moves to the caller).
+    fn into_record(self) -> Rc<Record> {
+        let this = std::mem::ManuallyDrop::new(self);
+        // SAFETY: `this` is never used nor dropped again; its one field moves out once.
+        unsafe { std::ptr::read(&this.record) }
     }
 }
 

@@ -51,6 +51,7 @@ pub fn settrace(hook: Option<TraceHook>) -> Option<TraceHook> {
 
 /// Calls the hook, if any, for a switch from `origin` to `target`. A panic from the hook removes
 /// it and is returned for the target to raise.
+#[inline(always)]
 pub(super) fn call(
     event: TraceEvent,
     origin: *const Record,
