@@ -81,7 +81,7 @@ impl Suspender {
         // SAFETY: `Shared` lives at the top of our own stack, which is running.
         let shared = unsafe { self.shared.as_ref() };
         // SAFETY: we are the running fiber (`own`); `caller` is suspended in `Fiber::resume`.
-        let received = unsafe { arch::switch(value, shared.own.as_ref(), &shared.caller) };
+        let received = unsafe { arch::switch_nested(value, shared.own.as_ref(), &shared.caller) };
         if shared.cancel.get() {
             cancelled();
         }
@@ -160,7 +160,7 @@ impl<F> Fiber<F> {
         }
         // SAFETY: we run on the caller's stack (`caller`); `own` is the fiber, unstarted or
         // suspended in `Suspender::suspend`; both live on its stack, which we own.
-        let received = unsafe { arch::switch(value, &shared.caller, shared.own.as_ref()) };
+        let received = unsafe { arch::switch_nested(value, &shared.caller, shared.own.as_ref()) };
         if shared.state.get() == State::Started {
             Resumed::Suspended(received)
         } else {

@@ -13,8 +13,9 @@
 //!    greenlet's semantics;
 //! 4. the async bridge (in progress).
 //!
-//! Supported targets: Unix. x86_64 Linux uses the native backend; other architectures (and
-//! x86_64 built with `RUSTFLAGS='--cfg awaitlet_backend="context"'`) use the portable one.
+//! Supported targets: Unix. x86_64 (but Apple's) uses the native backend; x86, arm, aarch64,
+//! mips, powerpc and Apple's x86_64 use the portable one, which x86_64 builds can force with
+//! `RUSTFLAGS='--cfg awaitlet_backend="context"'`. Tested: x86_64 Linux, both backends.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, unreachable_pub)]
 #![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]

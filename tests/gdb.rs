@@ -84,7 +84,13 @@ fn gdb_backtrace_crosses_from_a_greenlet_into_its_resumer() {
         .lines()
         .filter(|line| line.starts_with('#'))
         .collect();
-    let position = |name: &str| frames.iter().position(|frame| frame.contains(name));
+    // Frame lines read `#N  0x... in path::name (args) at file:line`; match the name exactly,
+    // not a closure inside it (`name::{closure#0}`).
+    let position = |name: &str| {
+        frames
+            .iter()
+            .position(|frame| frame.contains(&format!("::{name} (")))
+    };
     let probe =
         position("awaitlet_gdb_probe_point").unwrap_or_else(|| panic!("no stop:\n{stdout}"));
     let two = position("two_below_the_root").expect("caller frames inside the fiber");
@@ -95,7 +101,8 @@ fn gdb_backtrace_crosses_from_a_greenlet_into_its_resumer() {
             resumer.unwrap_or_else(|| panic!("gdb stopped at the fiber's root:\n{stdout}"));
         assert!(resumer > two, "{stdout}");
         assert!(
-            position("gdb_backtrace_crosses_from_a_greenlet").is_some_and(|test| test > resumer)
+            position("gdb_backtrace_crosses_from_a_greenlet_into_its_resumer")
+                .is_some_and(|test| test > resumer)
         );
     } else {
         assert_eq!(resumer, None, "{stdout}");

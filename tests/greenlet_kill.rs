@@ -135,7 +135,9 @@ fn dropping_last_handle_throws_vanished_greenlet_exit_synchronously() {
     let g = Greenlet::new(move |()| {
         let _guard = Flag(Rc::clone(&log_in), "destructor ran");
         let caught = catch(|| main.switch::<(), ()>(())).unwrap_err();
-        let exit = caught.downcast_ref::<GreenletExit>().expect("a GreenletExit");
+        let exit = caught
+            .downcast_ref::<GreenletExit>()
+            .expect("a GreenletExit");
         push(&log_in, format!("caught: {}", exit.message));
         std::panic::resume_unwind(caught);
     });
@@ -287,8 +289,7 @@ fn victim_returns_normally_after_exit() -> Vec<String> {
     let outcome = catch(move || drop(g));
     assert!(outcome.is_ok(), "drop panicked");
     push(&log, "after drop");
-    let entries = log.borrow().clone();
-    entries
+    log.borrow().clone()
 }
 
 // Rule 35: the victim catches GreenletExit and returns normally: the result is discarded (its
@@ -332,7 +333,11 @@ fn victim_resurrects_itself() {
 
     let victim = keep.borrow_mut().take().expect("victim stored itself");
     assert!(victim.is_active() && !victim.is_dead());
-    assert_eq!(victim.parent(), Some(main.clone()), "original parent restored");
+    assert_eq!(
+        victim.parent(),
+        Some(main.clone()),
+        "original parent restored"
+    );
     // Resumed later, it finishes and returns to its original parent, us.
     assert_eq!(
         victim.switch::<&str, String>("later").unwrap(),
@@ -396,7 +401,14 @@ fn kill_turned_into_another_panic_is_reported_not_raised_from_drop() {
         lines[0].contains("panicked while being killed on drop"),
         "{stderr}"
     );
-    assert!(stderr.contains("converted kill"), "the panic itself: {stderr}");
+    assert!(
+        lines[0].contains("Greenlet {"),
+        "names the greenlet: {stderr}"
+    );
+    assert!(
+        stderr.contains("converted kill"),
+        "the panic itself: {stderr}"
+    );
 }
 
 // Rule 37: a victim that catches GreenletExit and switches away (to its parent, the killer)
@@ -430,7 +442,11 @@ fn victim_switching_away_without_handle_is_reported_and_leaked() {
             assert_eq!(other.switch::<u32, u32>(i).unwrap(), i + 1);
         }
         assert_eq!(*log.borrow(), ["victim switches away", "drop returned"]);
-        assert_eq!(unwound.load(Ordering::SeqCst), 0, "the leaked greenlet unwound");
+        assert_eq!(
+            unwound.load(Ordering::SeqCst),
+            0,
+            "the leaked greenlet unwound"
+        );
         println!("CHILD-OK");
         return;
     }

@@ -369,6 +369,42 @@ fn panic_thrown_into_dead_is_raised_in_caller_when_caller_is_nearest_live_ancest
     assert_eq!(*raised.downcast::<i16>().unwrap(), 5);
 }
 
+// Rules 29 and 19: a panic thrown into an unstarted greenlet whose parent is unstarted too kills
+// both without running either, and goes on up to main (the thrower).
+#[test]
+fn panic_thrown_into_unstarted_with_unstarted_parent_kills_both_without_running() {
+    let ran = Rc::new(Cell::new(0));
+    let (ran_p, ran_c) = (Rc::clone(&ran), Rc::clone(&ran));
+    let parent = Greenlet::new(move |()| ran_p.set(ran_p.get() + 1));
+    let child = Greenlet::builder()
+        .parent(&parent)
+        .build(move |()| ran_c.set(ran_c.get() + 1))
+        .unwrap();
+    let raised = catch(|| child.throw::<()>("up")).unwrap_err();
+    assert_eq!(text(&*raised), "up");
+    assert_eq!(ran.get(), 0);
+    assert!(child.is_dead() && parent.is_dead());
+}
+
+// Rules 30 and 19: a GreenletExit thrown into a dead greenlet becomes a value; an unstarted
+// ancestor taking a GreenletExit argument is started with it.
+#[test]
+fn greenlet_exit_thrown_into_dead_starts_unstarted_ancestor_with_it() {
+    let ancestor = Greenlet::new(|exit: GreenletExit| format!("started with {}", exit.message));
+    let dead = Greenlet::builder()
+        .parent(&ancestor)
+        .build(|()| ())
+        .unwrap();
+    // Finish `dead` without starting `ancestor`: a different parent for the moment.
+    dead.set_parent(&getcurrent()).unwrap();
+    dead.switch::<(), ()>(()).unwrap();
+    dead.set_parent(&ancestor).unwrap();
+    assert!(dead.is_dead() && !ancestor.is_started());
+    let answer: String = dead.throw(exit("gone")).unwrap();
+    assert_eq!(answer, "started with gone");
+    assert!(ancestor.is_dead());
+}
+
 /// A dead greenlet whose parent is a greenlet suspended in a switch to main (see
 /// `suspended_parent_with_unstarted_child`).
 fn dead_child_of_suspended_parent() -> (Greenlet, Greenlet) {

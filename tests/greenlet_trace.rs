@@ -110,7 +110,9 @@ fn trace_hook_is_per_thread() {
         assert!(settrace(None).is_none(), "a new thread has no hook");
         let seen = Rc::new(Cell::new(0));
         let seen_in = Rc::clone(&seen);
-        settrace(Some(Box::new(move |_, _, _| seen_in.set(seen_in.get() + 1))));
+        settrace(Some(Box::new(move |_, _, _| {
+            seen_in.set(seen_in.get() + 1)
+        })));
         Greenlet::new(|x: u8| x).switch::<u8, u8>(1).unwrap();
         settrace(None);
         seen.get()
@@ -397,7 +399,6 @@ fn hook_panics_on_start() -> (bool, String, bool) {
 // Rules 66 and 36: a hook panicking in the killer when the victim of a kill on drop dies: the
 // hook is removed, and the drop does not panic (a drop never raises the kill's outcome).
 #[test]
-#[ignore = "BUG: kill_abandoned's transfer_raw -> settle resumes the hook's panic, so it escapes Greenlet::drop"]
 fn panicking_hook_during_kill_on_drop_does_not_make_the_drop_panic() {
     let main = getcurrent();
     let main_in = main.clone();
@@ -427,7 +428,6 @@ fn panicking_hook_during_kill_on_drop_does_not_make_the_drop_panic() {
 // so it dies of it without running, and the panic reaches its parent (as if thrown into an
 // unstarted greenlet, rule 29). In a child process because it may abort.
 #[test]
-#[ignore = "BUG: settle() resumes the hook's panic inside extern \"C\" entry: the process aborts (panic in a function that cannot unwind)"]
 fn panicking_hook_on_start_kills_greenlet_before_it_runs() {
     if is_child("start") {
         let (ran, message, removed) = hook_panics_on_start();
@@ -437,12 +437,11 @@ fn panicking_hook_on_start_kills_greenlet_before_it_runs() {
         println!("CHILD-OK");
         return;
     }
-    // The child must run this test even though it is ignored.
+    // In a child process: before the fix, this aborted the whole process.
     let output = child_command(
         "panicking_hook_on_start_kills_greenlet_before_it_runs",
         "start",
     )
-    .arg("--include-ignored")
     .output()
     .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);

@@ -9,8 +9,9 @@
 //!
 //! What this wrapper guarantees on top of `context`:
 //!
-//! - nothing here is `Send` or `Sync` (`context::Context` is both; we keep only its raw address
-//!   inside our own `!Send` [`Context`]);
+//! - no `context::Context` (which is `Send` and `Sync`) is ever handed out: we keep only its raw
+//!   address, inside our [`Context`], which is `!Sync` and owned by `!Send` types (fibers,
+//!   greenlet records) that never leave their thread;
 //! - no panic ever reaches the assembly: the entry trampoline is `extern "C"` and `-> !`, and
 //!   entry functions catch panics themselves (a panic that escaped anyway would abort);
 //! - `resume_ontop` is never used.
@@ -98,7 +99,8 @@ pub(crate) unsafe fn init(
     entry: EntryFn,
     data: *mut (),
 ) -> NonNull<Context> {
-    // The context takes the top 32 bytes, as on the native backend; the `fcontext` frame goes below.
+    // Our `Context` sits at `top - 24`, where the native backend puts it; the `fcontext` frame
+    // goes below `top - 32`.
     let context = stack_top.cast::<usize>().wrapping_sub(3).cast::<Context>();
     let fcontext_top = stack_top.wrapping_sub(32);
     // SAFETY: the region below the context is ours per the caller's contract.
@@ -133,6 +135,17 @@ pub(crate) unsafe fn switch(arg: usize, from: &Context, to: &Context) -> usize {
     let transfer = unsafe { handle(to.sp.get()).resume(&packet as *const Packet as usize) };
     // SAFETY: whoever resumed us went through `switch` or `switch_final`, both passing a packet.
     unsafe { receive(transfer) }
+}
+
+/// [`switch`] for strictly nested use; links are unused here, so it is the same switch.
+///
+/// # Safety
+///
+/// As for [`switch`].
+#[inline(always)]
+pub(crate) unsafe fn switch_nested(arg: usize, from: &Context, to: &Context) -> usize {
+    // SAFETY: the caller's contract is `switch`'s.
+    unsafe { switch(arg, from, to) }
 }
 
 /// Resumes `to` with `arg` without keeping the running context.

@@ -43,11 +43,13 @@
 //!
 //! Backends, chosen at compile time:
 //!
-//! - `x86_64.rs`: x86_64 System V in Rust inline assembly, with CFI. The default on x86_64
-//!   Unix targets.
-//! - `fallback.rs`: the `context` crate (Boost.Context's `fcontext` assembly) for every other
-//!   Unix target, and on x86_64 when built with `RUSTFLAGS='--cfg awaitlet_backend="context"'`.
-//!   It has no CFI, so backtraces stop at the root of each greenlet stack.
+//! - `x86_64.rs`: x86_64 System V (ELF) in Rust inline assembly, with CFI. The default on
+//!   x86_64 Unix targets other than Apple's (whose Mach-O assembler directives differ).
+//! - `fallback.rs`: the `context` crate (Boost.Context's `fcontext` assembly) on the other Unix
+//!   targets it supports (x86, arm, aarch64, mips, powerpc, and x86_64 on Apple), and on x86_64
+//!   when built with `RUSTFLAGS='--cfg awaitlet_backend="context"'`. It has no CFI, so
+//!   backtraces stop at the root of each greenlet stack.
+//! - anything else: a `compile_error!` naming what is supported.
 
 use std::cell::Cell;
 
@@ -61,16 +63,44 @@ use std::cell::Cell;
 #[path = "x86_64.rs"]
 mod backend;
 
+// The portable backend, on the architectures the `context` crate's build supports.
 #[cfg(all(
     unix,
     any(
         not(target_arch = "x86_64"),
         target_vendor = "apple",
         awaitlet_backend = "context"
+    ),
+    any(
+        target_arch = "x86_64",
+        target_arch = "x86",
+        target_arch = "aarch64",
+        target_arch = "arm",
+        target_arch = "mips",
+        target_arch = "powerpc",
+        target_arch = "powerpc64"
     )
 ))]
 #[path = "fallback.rs"]
 mod backend;
+
+#[cfg(all(
+    unix,
+    not(any(
+        target_arch = "x86_64",
+        target_arch = "x86",
+        target_arch = "aarch64",
+        target_arch = "arm",
+        target_arch = "mips",
+        target_arch = "powerpc",
+        target_arch = "powerpc64"
+    ))
+))]
+compile_error!(
+    "awaitlet has no context-switch backend for this architecture: the native one is x86_64 \
+     only, and the portable one (Boost.Context through the `context` crate) covers x86, x86_64, \
+     arm, aarch64, mips and powerpc"
+);
 
 #[cfg(not(unix))]
 compile_error!(
@@ -78,7 +108,7 @@ compile_error!(
      is reported from a SIGSEGV handler; no backend exists for this target yet"
 );
 
-pub(crate) use backend::{BACKEND_NAME, init, switch, switch_final};
+pub(crate) use backend::{BACKEND_NAME, init, switch, switch_final, switch_nested};
 
 /// The signature of a function that starts a fresh stack.
 ///

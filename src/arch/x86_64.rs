@@ -151,51 +151,81 @@ pub(crate) unsafe fn init(
     }
 }
 
-/// Suspends the running context into `from` and resumes `to`, handing it `arg`. Returns the word
-/// handed over by the switch that eventually resumes `from`.
-///
-/// # Safety
-///
-/// `from` must describe the running context and `to` a suspended one of the same thread (made by
-/// [`init`], or suspended by an earlier `switch`); both must stay valid until `from` is resumed.
-/// Whatever runs on `to` must not unwind into this frame: control returns here only by a switch.
-#[inline(always)]
-pub(crate) unsafe fn switch(arg: usize, from: &Context, to: &Context) -> usize {
-    let received: usize;
-    // SAFETY: the caller guarantees `from` is us and `to` a resumable context; the block saves
-    // every callee-saved register it is not allowed to declare clobbered (rbx, rbp) on our
-    // stack, and declares all the others clobbered, so the compiler saves what is live.
-    unsafe {
+/// The switch, with extra instructions (and their operands) spliced in after `from.sp` is saved.
+macro_rules! switch_asm {
+    ($arg:expr, $from:expr, $to:expr $(, $extra:literal)* $(; $($operands:tt)*)?) => {{
+        let received: usize;
         asm!(
+            // Load the target's stack pointer and resume address first, so the loads overlap
+            // the pushes instead of delaying everything after the stack swap.
+            "mov rcx, [rdx]",
+            "mov r8, [rcx + 8]",
             "push rbx",
             "lea rax, [rip + 2f]",
             "push rax",
             "push rbp",
-            // from.sp = rsp; our own link is no longer walked: reset it.
             "mov [rsi], rsp",
-            "lea rax, [rip + {terminator}]",
-            "mov [rsi + 8], rax",
+            $($extra,)*
             // to.link = our frame, for its trampoline's CFI.
             "mov [rdx + 8], rsp",
-            "mov rsp, [rdx]",
-            "jmp qword ptr [rsp + 8]",
+            "mov rsp, rcx",
+            "jmp r8",
             // Resumed here by another switch, rdi holding the word it passed.
             "2:",
             "pop rbp",
             "lea rsp, [rsp + 8]",
             "pop rbx",
-            inout("rdi") arg => received,
-            in("rsi") from as *const Context,
-            in("rdx") to as *const Context,
-            terminator = sym TERMINATOR,
+            inout("rdi") $arg => received,
+            in("rsi") $from as *const Context,
+            in("rdx") $to as *const Context,
+            $($($operands)*,)?
             lateout("r12") _,
             lateout("r13") _,
             lateout("r14") _,
             lateout("r15") _,
             clobber_abi("C"),
         );
+        received
+    }};
+}
+
+/// Suspends the running context into `from` and resumes `to`, handing it `arg`. Returns the word
+/// handed over by the switch that eventually resumes `from`.
+///
+/// # Safety
+///
+/// `from` must describe the running context and `to` a suspended one of the same thread (made by
+/// [`init`], or suspended by an earlier switch); both must stay valid until `from` is resumed.
+/// Whatever runs on `to` must not unwind into this frame: control returns here only by a switch.
+#[inline(always)]
+pub(crate) unsafe fn switch(arg: usize, from: &Context, to: &Context) -> usize {
+    // SAFETY: the caller guarantees `from` is us and `to` a resumable context; the block saves
+    // every callee-saved register it is not allowed to declare clobbered (rbx, rbp) on our
+    // stack, and declares all the others clobbered, so the compiler saves what is live. Our own
+    // link is reset: a chain through it could go stale once contexts switch in a cycle.
+    unsafe {
+        switch_asm!(
+            arg,
+            from,
+            to,
+            "lea rax, [rip + {terminator}]",
+            "mov [rsi + 8], rax";
+            terminator = sym TERMINATOR
+        )
     }
-    received
+}
+
+/// [`switch`] for strictly nested use: `to` switches back to `from` (directly, or after contexts
+/// it resumes have switched back to it), never elsewhere. Then the chain of links is always a
+/// stack of suspended resumers, valid without resetting `from`'s own link.
+///
+/// # Safety
+///
+/// As for [`switch`], plus the nesting above.
+#[inline(always)]
+pub(crate) unsafe fn switch_nested(arg: usize, from: &Context, to: &Context) -> usize {
+    // SAFETY: as for `switch`; the caller guarantees strict nesting, so no link goes stale.
+    unsafe { switch_asm!(arg, from, to) }
 }
 
 /// Resumes `to` with `arg` without saving the running context, which is never resumed again.

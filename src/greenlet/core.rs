@@ -8,27 +8,37 @@
 //!
 //! - each child, to its parent (so a parent outlives its children, as in Python);
 //! - the thread, to its main greenlet (released when the thread exits);
-//! - a started, unfinished greenlet, to itself: a handle on the root frame of its own stack.
-//!   When it finishes, that handle travels in its final message and the receiver drops it.
+//! - a started, unfinished greenlet, to itself, taken by its entry function. When it finishes,
+//!   its final switch hands that reference to the receiver, which drops it.
 //!
 //! The running greenlet is named by a raw pointer in a thread-local ([`CURRENT`]) that owns no
 //! reference: the running greenlet is kept alive by its self-reference (or, for main, by the
-//! thread), so a switch touches no reference count at all.
+//! thread), so a switch touches no reference count at all. Only the receiving side of a switch
+//! updates `CURRENT`, so on resuming, the receiver finds the sender there.
 //!
 //! A started, suspended, non-main greenlet whose only reference is its self-reference has been
-//! abandoned: it is killed (see [`kill_abandoned`]) at the point where that is detected: when
-//! its last handle is dropped, or right after it switched away holding no handle to itself.
+//! abandoned: it is killed ([`kill_abandoned`]) where that is detected: when its last handle is
+//! dropped, or right after it switched away holding no handle to itself (rule 43).
 //!
 //! # What crosses a switch
 //!
-//! The word handed to [`arch::switch`] is the address of a [`Message`] on the sender's stack. The
-//! receiver moves the message out (`ptr::read`) before anything else can run; a value inside it
-//! is still referenced by address (the sender's frame owns its bytes) until the receiver moves it
-//! into a typed local, which it does before anything else can run on the sender's stack.
+//! One machine word. Every greenlet records, as it suspends, the type its pending switch asks
+//! for (for an unstarted one, its closure's argument type). A sender whose value has exactly
+//! that type hands over just the value's address: the receiver moves the value out of the
+//! sender's frame (suspended, so untouched) and nothing else is written or read. Every other
+//! case (a throw, a value of another type, a walk to an ancestor) hands over the address of a
+//! [`Message`], tagged by the word's low bit.
+//!
+//! ```text
+//!   sender's stack                       receiver's stack
+//!   | value: T      | <---- word ------- | switch::<_, T>() resumes, reads the T
+//!   | (suspended)   |                    | CURRENT: sender -> receiver
+//! ```
 
 use std::any::{Any, TypeId};
+use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
-use std::mem::ManuallyDrop;
+use std::mem::{ManuallyDrop, MaybeUninit};
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::ptr::NonNull;
 use std::rc::Rc;
@@ -41,15 +51,14 @@ use crate::stack::Stack;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum State {
     Unstarted,
-    Running,
-    Suspended,
+    /// Started and not finished: running when [`CURRENT`] names it, suspended otherwise.
+    Active,
     Dead,
 }
 
-/// How to start, or discard, the closure of an unstarted greenlet (which lives on its stack).
+/// The closure of an unstarted greenlet, which lives at the top of its stack.
 struct Start {
     closure: *mut u8,
-    argument: TypeId,
     drop_closure: unsafe fn(*mut u8),
 }
 
@@ -57,17 +66,17 @@ struct Start {
 pub(crate) struct Record {
     /// The greenlet's context: at the top of its stack, or `thread_context` for main.
     context: Cell<NonNull<Context>>,
-    /// Main's context (main runs on the thread's own stack); unused by other greenlets.
-    thread_context: Context,
     pub(crate) state: Cell<State>,
+    /// The type the greenlet's pending switch asks for (its closure's argument type while
+    /// unstarted), as a [`type_key`]; see the module docs.
+    awaiting: Cell<*const TypeId>,
     pub(crate) parent: RefCell<Option<Greenlet>>,
     start: Cell<Option<Start>>,
     stack: Cell<Option<Stack>>,
-    pub(crate) name: Option<std::borrow::Cow<'static, str>>,
+    pub(crate) name: Option<Cow<'static, str>>,
     pub(crate) is_main: bool,
-    /// The type the greenlet's pending switch asks for (its `run` argument type while unstarted),
-    /// written when it suspends: a sender of exactly that type may skip the full message.
-    awaiting: Cell<TypeId>,
+    /// Main's context (main runs on the thread's own stack); unused by other greenlets.
+    thread_context: Context,
 }
 
 impl Drop for Record {
@@ -124,18 +133,18 @@ fn current_record_slow(current: *const Record) -> *const Record {
     );
     let main = Rc::new(Record {
         context: Cell::new(NonNull::dangling()),
-        thread_context: Context::for_thread_stack(),
-        state: Cell::new(State::Running),
+        state: Cell::new(State::Active),
+        awaiting: Cell::new(type_key::<()>()),
         parent: RefCell::new(None),
         start: Cell::new(None),
         stack: Cell::new(None),
         name: Some("main".into()),
         is_main: true,
-        awaiting: Cell::new(TypeId::of::<()>()),
+        thread_context: Context::for_thread_stack(),
     });
-    let pointer = Rc::as_ptr(&main);
     // `thread_context` never moves (the record is in an `Rc` allocation) and lives as long as it.
     main.context.set(NonNull::from(&main.thread_context));
+    let pointer = Rc::as_ptr(&main);
     MAIN.with(|owner| *owner.0.borrow_mut() = Some(Greenlet { record: main }));
     CURRENT.with(|current| current.set(pointer));
     pointer
@@ -161,8 +170,19 @@ pub(crate) fn new_record<A: 'static, B: 'static, F: FnOnce(A) -> B + 'static>(
     stack: Stack,
     run: F,
     parent: Greenlet,
-    name: Option<std::borrow::Cow<'static, str>>,
+    name: Option<Cow<'static, str>>,
 ) -> Rc<Record> {
+    let record = Rc::new(Record {
+        context: Cell::new(NonNull::dangling()),
+        state: Cell::new(State::Unstarted),
+        awaiting: Cell::new(type_key::<A>()),
+        parent: RefCell::new(Some(parent)),
+        start: Cell::new(None),
+        stack: Cell::new(None),
+        name,
+        is_main: false,
+        thread_context: Context::for_thread_stack(),
+    });
     // The closure goes at the top of the stack; the first frame starts below it.
     let align = std::mem::align_of::<F>().max(16);
     let closure = (stack.top() as usize - std::mem::size_of::<F>()) & !(align - 1);
@@ -172,35 +192,24 @@ pub(crate) fn new_record<A: 'static, B: 'static, F: FnOnce(A) -> B + 'static>(
         // SAFETY: called once, on the closure `new_record` wrote, which was never moved out.
         unsafe { std::ptr::drop_in_place(closure as *mut F) }
     }
-    // SAFETY: the region below the closure is free stack, 16-byte aligned at `closure`, and the
-    // stack lives in the record as long as the context can run.
+    // SAFETY: the region below the closure is free stack, 16-byte aligned at `closure`; the
+    // stack lives in the record as long as the context can run; `data` is the record, alive
+    // (held by the greenlet that starts it) when the entry function runs.
     let context = unsafe {
-        arch::init(
-            closure as *mut u8,
-            stack.bottom(),
-            entry::<A, B, F>,
-            std::ptr::null_mut(),
-        )
+        let data = Rc::as_ptr(&record) as *mut ();
+        arch::init(closure as *mut u8, stack.bottom(), entry::<A, B, F>, data)
     };
-    Rc::new(Record {
-        context: Cell::new(context),
-        thread_context: Context::for_thread_stack(),
-        state: Cell::new(State::Unstarted),
-        parent: RefCell::new(Some(parent)),
-        start: Cell::new(Some(Start {
-            closure: closure as *mut u8,
-            argument: TypeId::of::<A>(),
-            drop_closure: drop_closure::<F>,
-        })),
-        stack: Cell::new(Some(stack)),
-        name,
-        is_main: false,
-        awaiting: Cell::new(TypeId::of::<A>()),
-    })
+    record.context.set(context);
+    record.start.set(Some(Start {
+        closure: closure as *mut u8,
+        drop_closure: drop_closure::<F>,
+    }));
+    record.stack.set(Some(stack));
+    record
 }
 
-/// A value in flight: its bytes stay in the sender's frame until the receiver moves them; so
-/// does this description of them (the message carries only its address).
+/// A value in flight, when it travels in a [`Message`]: its bytes stay in the sender's frame
+/// until the receiver moves them, and so does this description of them.
 pub(crate) struct ValueRef {
     type_id: TypeId,
     pointer: *mut (),
@@ -209,13 +218,6 @@ pub(crate) struct ValueRef {
 }
 
 impl ValueRef {
-    /// Refers to `value`, which the caller must not touch (nor drop) again.
-    #[inline(always)]
-    pub(crate) fn new<T: 'static>(value: &mut ManuallyDrop<T>) -> ValueRef {
-        // SAFETY: a `ManuallyDrop<T>` is a `T` that will not be dropped by its owner.
-        unsafe { ValueRef::from_pointer(&mut **value as *mut T) }
-    }
-
     /// Refers to the `T` at `pointer`.
     ///
     /// # Safety
@@ -223,7 +225,7 @@ impl ValueRef {
     /// `pointer` must point to a valid `T` that its owner neither touches nor drops again, and
     /// that stays in place until the receiver has moved it out.
     #[inline(always)]
-    unsafe fn from_pointer<T: 'static>(pointer: *mut T) -> ValueRef {
+    unsafe fn new<T: 'static>(pointer: *mut T) -> ValueRef {
         unsafe fn into_box<T: 'static>(pointer: *mut ()) -> Box<dyn Any> {
             // SAFETY: `pointer` is the `T` this `ValueRef` was made from, moved out only here.
             Box::new(unsafe { std::ptr::read(pointer as *mut T) })
@@ -235,27 +237,9 @@ impl ValueRef {
             type_name: std::any::type_name::<T>(),
         }
     }
-
-    /// Moves the value out as a `T`, or boxed when it is of another type.
-    ///
-    /// # Safety
-    ///
-    /// `value` must point to a live `ValueRef` whose value is still in place.
-    #[inline(always)]
-    unsafe fn take<T: 'static>(value: *const ValueRef) -> Result<T, (Box<dyn Any>, &'static str)> {
-        // SAFETY: the caller guarantees `value` is live and its value in place; it is moved out
-        // exactly once, by whichever branch runs.
-        unsafe {
-            if (*value).type_id == TypeId::of::<T>() {
-                Ok(std::ptr::read((*value).pointer as *mut T))
-            } else {
-                Err((((*value).into_box)((*value).pointer), (*value).type_name))
-            }
-        }
-    }
 }
 
-/// What a switch delivers.
+/// What a switch delivers, when it is not a plain value of the awaited type.
 pub(crate) enum Payload {
     /// A value owned by the sender's frame, described by a [`ValueRef`] also in that frame.
     Value(*const ValueRef),
@@ -289,7 +273,7 @@ impl Payload {
         }
     }
 
-    /// Moves a carried value into a box (for an error), with its type name when known.
+    /// Moves a carried value into a box, with its type name when known.
     ///
     /// # Safety
     ///
@@ -305,20 +289,23 @@ impl Payload {
         }
     }
 
-    /// Turns the payload into what a pending `switch::<_, R>` returns; a panic is returned as
-    /// `Err(Ok(payload))` for the caller to raise once its bookkeeping is done.
+    /// What a pending `switch::<_, R>` returns for this payload; a panic comes back as
+    /// `Err(Ok(payload))`, for the caller to raise once its bookkeeping is done.
     ///
     /// # Safety
     ///
     /// A `Value` must still be in place.
-    #[inline(always)]
-    unsafe fn receive<R: 'static>(self) -> Result<R, Result<Box<dyn Any + Send>, SwitchError>> {
+    unsafe fn receive<R: 'static>(self) -> Received<R> {
         let (boxed, found) = match self {
-            // SAFETY: the caller guarantees the value is in place.
-            Payload::Value(value) => match unsafe { ValueRef::take::<R>(value) } {
-                Ok(value) => return Ok(value),
-                Err(mismatch) => mismatch,
-            },
+            Payload::Value(value) => {
+                // SAFETY: the caller guarantees the value is in place; it is moved out once.
+                unsafe {
+                    if (*value).type_id == TypeId::of::<R>() {
+                        return Ok(std::ptr::read((*value).pointer as *mut R));
+                    }
+                    (((*value).into_box)((*value).pointer), (*value).type_name)
+                }
+            }
             Payload::Boxed(boxed) => match boxed.downcast::<R>() {
                 Ok(value) => return Ok(*value),
                 Err(boxed) => (boxed, "a boxed value"),
@@ -337,12 +324,14 @@ impl Payload {
     }
 }
 
-/// What a switch hands over, on the sender's stack; the switched word is its address.
+/// What a switch returns to the switching greenlet before a panic delivered to it is raised.
+pub(crate) type Received<R> = Result<R, Result<Box<dyn Any + Send>, SwitchError>>;
+
+/// A [`Payload`] on the sender's stack; a tagged word ([`MESSAGE_TAG`]) points at it.
 ///
 /// Only machine words, each read back with one 8-byte load: the receiver runs right after the
 /// sender's stores, which may still sit in the store buffer, and a wider load spanning two of
-/// them cannot be forwarded from there (it waits for them to reach the cache, dozens of cycles
-/// on every switch).
+/// them cannot be forwarded from there (it waits for them to reach the cache).
 #[repr(C)]
 struct Message {
     kind: usize,
@@ -350,12 +339,6 @@ struct Message {
     boxed: *mut dyn Any,
     panic: *mut (dyn Any + Send),
     failed: *mut SwitchError,
-    /// The greenlet that sent this message.
-    origin: *const Record,
-    /// The greenlet it is for (the entry function learns who it is from this).
-    target: *const Record,
-    /// The sender's self-reference (an `Rc` in raw form) when the sender has just finished.
-    dying: *const Record,
 }
 
 const KIND_VALUE: usize = 0;
@@ -363,31 +346,18 @@ const KIND_BOXED: usize = 1;
 const KIND_PANIC: usize = 2;
 const KIND_FAILED: usize = 3;
 
-/// A message's contents, back in owned form.
-struct Received {
-    payload: Payload,
-    origin: *const Record,
-    target: *const Record,
-    dying: Option<Greenlet>,
-}
+/// Low bit of a switched word: set, the word is the address of a [`Message`]; clear, it is the
+/// address of a value of exactly the type the receiver awaits (0 for a zero-sized value).
+const MESSAGE_TAG: usize = 1;
 
 impl Message {
-    #[inline(always)]
-    fn new(
-        payload: Payload,
-        origin: *const Record,
-        target: *const Record,
-        dying: Option<Greenlet>,
-    ) -> Message {
+    fn new(payload: Payload) -> Message {
         let mut message = Message {
             kind: KIND_VALUE,
             value: std::ptr::null(),
             boxed: std::ptr::null_mut::<()>() as *mut dyn Any,
             panic: std::ptr::null_mut::<()>() as *mut (dyn Any + Send),
             failed: std::ptr::null_mut(),
-            origin,
-            target,
-            dying: dying.map_or(std::ptr::null(), |dying| Rc::into_raw(dying.into_record())),
         };
         match payload {
             Payload::Value(value) => message.value = value,
@@ -404,22 +374,25 @@ impl Message {
         message
     }
 
-    /// Takes the contents of the message at `address`, one word per load.
+    /// The tagged word for this message.
+    fn word(&self) -> usize {
+        self as *const Message as usize | MESSAGE_TAG
+    }
+
+    /// Takes the payload of the message a tagged `word` points at, one word per load.
     ///
     /// # Safety
     ///
-    /// `address` must be a message made by [`Message::new`] and not received before.
-    #[inline(always)]
-    unsafe fn receive(address: usize) -> Received {
-        let message = address as *const Message;
-        // SAFETY: the caller guarantees a live, unreceived message; each field is read once and
-        // its ownership (boxes, the dying reference) moves to the result.
+    /// `word` must come from [`Message::word`] of a live message not received before.
+    unsafe fn receive(word: usize) -> Payload {
+        let message = (word & !MESSAGE_TAG) as *const Message;
+        // SAFETY: the caller guarantees a live, unreceived message; the field for its kind is
+        // read once and its ownership moves to the result.
         unsafe {
-            let word = |field: *const usize| std::ptr::read_volatile(field);
-            let kind = word(&raw const (*message).kind);
-            let payload = match kind {
+            let read_word = |field: *const usize| std::ptr::read_volatile(field);
+            match read_word(&raw const (*message).kind) {
                 KIND_VALUE => Payload::Value(
-                    word(&raw const (*message).value as *const usize) as *const ValueRef
+                    read_word(&raw const (*message).value as *const usize) as *const ValueRef,
                 ),
                 KIND_BOXED => Payload::Boxed(Box::from_raw(std::ptr::read_volatile(
                     &raw const (*message).boxed,
@@ -427,21 +400,41 @@ impl Message {
                 KIND_PANIC => Payload::Panic(Box::from_raw(std::ptr::read_volatile(
                     &raw const (*message).panic,
                 ))),
-                _ => Payload::Failed(Box::from_raw(word(
+                _ => Payload::Failed(Box::from_raw(read_word(
                     &raw const (*message).failed as *const usize,
                 ) as *mut SwitchError)),
-            };
-            let dying = word(&raw const (*message).dying as *const usize) as *const Record;
-            Received {
-                payload,
-                origin: word(&raw const (*message).origin as *const usize) as *const Record,
-                target: word(&raw const (*message).target as *const usize) as *const Record,
-                dying: (!dying.is_null()).then(|| Greenlet {
-                    record: Rc::from_raw(dying),
-                }),
             }
         }
     }
+}
+
+/// A one-word key for `T`: the address of a constant holding `T`'s `TypeId`. Equal keys mean
+/// equal `TypeId`s, hence the same type; a type may in principle get two keys (from separate
+/// codegen units), which only sends its values down the slow path, where `TypeId`s themselves
+/// are compared.
+#[inline(always)]
+fn type_key<T: 'static>() -> *const TypeId {
+    const { &TypeId::of::<T>() }
+}
+
+/// The address to hand over for a value sent on the fast path: 0 for a zero-sized value (it has
+/// no bytes), otherwise its address, whose low bit must then be clear ([`MESSAGE_TAG`]).
+#[inline(always)]
+fn fast_word<T>(value: *mut T) -> Option<usize> {
+    if std::mem::size_of::<T>() == 0 {
+        Some(0)
+    } else {
+        Some(value as usize).filter(|address| address & MESSAGE_TAG == 0)
+    }
+}
+
+/// True when `target` can receive a `T` on the fast path from `me`: it is suspended in (or, not
+/// started yet, will start with) a switch that asks for exactly a `T`.
+#[inline(always)]
+fn accepts_fast<T: 'static>(target: &Record, me: *const Record) -> bool {
+    let state = target.state.get();
+    ((state == State::Active && !std::ptr::eq(target, me)) || state == State::Unstarted)
+        && target.awaiting.get() == type_key::<T>()
 }
 
 /// Where a payload ends up.
@@ -461,8 +454,10 @@ fn resolve(target: &Greenlet, payload: &mut Payload) -> Destination {
     loop {
         let record = &*target.record;
         match record.state.get() {
-            State::Running => return Destination::Here,
-            State::Suspended => return Destination::There(Rc::as_ptr(&target.record)),
+            State::Active if Rc::as_ptr(&target.record) == current_record() => {
+                return Destination::Here;
+            }
+            State::Active => return Destination::There(Rc::as_ptr(&target.record)),
             State::Dead => {
                 // Throwing GreenletExit into a dead greenlet gives it back as a value (rule 30).
                 if direct && payload.is_exit() {
@@ -470,25 +465,27 @@ fn resolve(target: &Greenlet, payload: &mut Payload) -> Destination {
                 }
             }
             State::Unstarted => {
-                let start = record
-                    .start
-                    .take()
-                    .expect("an unstarted greenlet has its closure");
-                if payload.value_type() == Some(start.argument) {
-                    record.start.set(Some(start));
+                // SAFETY: keys point at constants.
+                if payload.value_type() == Some(unsafe { *record.awaiting.get() }) {
                     return Destination::There(Rc::as_ptr(&target.record));
                 }
                 // It dies without running: its closure is dropped, its stack freed.
                 record.state.set(State::Dead);
+                let start = record
+                    .start
+                    .take()
+                    .expect("an unstarted greenlet has its closure");
                 // SAFETY: the closure was never started nor moved out.
                 unsafe { (start.drop_closure)(start.closure) };
                 drop(record.stack.take());
                 let taken = std::mem::replace(payload, Payload::Boxed(Box::new(())));
                 // SAFETY: a value in the payload is still in place (nothing took it yet).
                 *payload = match unsafe { taken.into_boxed_value() } {
-                    Ok((value, found)) => {
-                        Payload::Failed(Box::new(wrong_start_argument(value, found)))
-                    }
+                    Ok((value, found)) => Payload::Failed(Box::new(SwitchError::WrongType {
+                        expected: "the argument type of the greenlet's run function",
+                        found,
+                        value,
+                    })),
                     Err(Payload::Panic(panic)) if panic.is::<GreenletExit>() => {
                         Payload::Boxed(panic)
                     }
@@ -502,30 +499,52 @@ fn resolve(target: &Greenlet, payload: &mut Payload) -> Destination {
     }
 }
 
-fn wrong_start_argument(value: Box<dyn Any>, found: &'static str) -> SwitchError {
-    SwitchError::WrongType {
-        expected: "the argument type of the greenlet's run function",
-        found,
-        value,
-    }
-}
-
 fn convert_exit_to_value(payload: &mut Payload) {
     if let Payload::Panic(panic) = std::mem::replace(payload, Payload::Boxed(Box::new(()))) {
         *payload = Payload::Boxed(panic);
     }
 }
 
-/// Sends `payload` to `target` (or where the walk leads) and returns what is eventually sent
-/// back to the running greenlet, as a `switch::<_, R>` sees it.
+/// Sends `value` to `target` and returns what is eventually sent back to the running greenlet,
+/// as a `switch::<T, R>` sees it.
 ///
 /// Inlined into the caller, like the whole path down to the `asm!` block: a function entered
 /// before a stack switch and left after it would execute a `ret` whose return address the CPU's
 /// return-stack buffer took from the *other* stack's calls, a mispredict on every switch. What
 /// runs entirely before ([`resolve`]) or entirely after ([`settle`]) is a normal call.
 #[inline(always)]
+pub(crate) fn transfer_value<T: 'static, R: 'static>(
+    target: &Greenlet,
+    value: T,
+) -> Result<R, SwitchError> {
+    let mut value = ManuallyDrop::new(value);
+    let pointer = &mut *value as *mut T;
+    let me = current_record();
+    let fast = fast_word(pointer).filter(|_| accepts_fast::<T>(&target.record, me));
+    let received = match fast {
+        // SAFETY: we run; the target is suspended or unstarted, kept alive by the caller's
+        // handle, and awaits a `T`, which it moves out of `value` (never dropped here) before
+        // anything else runs on our stack.
+        Some(word) => unsafe { switch_and_receive::<R>(me, Rc::as_ptr(&target.record), word) },
+        None => {
+            // SAFETY: `value` is never touched again here; the receiver moves it out.
+            let value = unsafe { ValueRef::new(pointer) };
+            transfer_raw::<R>(target, Payload::Value(&value))
+        }
+    };
+    raise(received)
+}
+
+/// Sends `payload` to `target`, as [`transfer_value`] does a value.
+#[inline(always)]
 pub(crate) fn transfer<R: 'static>(target: &Greenlet, payload: Payload) -> Result<R, SwitchError> {
-    match transfer_raw(target, payload) {
+    raise(transfer_raw(target, payload))
+}
+
+/// Raises a received panic; returns the rest.
+#[inline(always)]
+fn raise<R>(received: Received<R>) -> Result<R, SwitchError> {
+    match received {
         Ok(value) => Ok(value),
         Err(Ok(panic)) => resume_unwind(panic),
         Err(Err(error)) => Err(error),
@@ -534,161 +553,128 @@ pub(crate) fn transfer<R: 'static>(target: &Greenlet, payload: Payload) -> Resul
 
 /// [`transfer`], handing a received panic back instead of raising it.
 #[inline(always)]
-pub(crate) fn transfer_raw<R: 'static>(
-    target: &Greenlet,
-    mut payload: Payload,
-) -> Result<R, Result<Box<dyn Any + Send>, SwitchError>> {
+pub(crate) fn transfer_raw<R: 'static>(target: &Greenlet, mut payload: Payload) -> Received<R> {
     let me = current_record();
-    // The common case, a suspended target, needs no walk.
-    let destination = if target.record.state.get() == State::Suspended {
-        Destination::There(Rc::as_ptr(&target.record))
-    } else {
-        resolve(target, &mut payload)
-    };
-    match destination {
-        Destination::Here => settle::<R>(
-            me,
-            Received {
-                payload,
-                origin: me,
-                target: me,
-                dying: None,
-            },
-        ),
+    match resolve(target, &mut payload) {
+        Destination::Here => {
+            let event = payload.event();
+            // SAFETY: nothing has touched the payload's value.
+            let received = unsafe { payload.receive::<R>() };
+            settle(received, event, me, me)
+        }
         Destination::There(receiver) => {
-            let message = Message::new(payload, me, receiver, None);
-            let word = &message as *const Message as usize | MESSAGE_TAG;
-            // SAFETY: `me` is the running greenlet (alive); `receiver` is suspended or unstarted
-            // and kept alive by the target's parent chain, which the caller's handle holds. The
-            // message stays in this frame until the receiver has taken it.
-            unsafe { switch_and_settle::<R>(me, receiver, word) }
+            let message = Message::new(payload);
+            // SAFETY: `me` runs; `receiver` is suspended or unstarted and kept alive by the
+            // target's parent chain, which the caller's handle holds; the message stays in this
+            // frame until the receiver has taken it.
+            unsafe { switch_and_receive::<R>(me, receiver, message.word()) }
         }
     }
 }
 
-/// Low bit of a switched word: set, the word is the address of a [`Message`]; clear, it is the
-/// address of a value of exactly the type the receiver awaits (see [`transfer_value`]).
-const MESSAGE_TAG: usize = 1;
-
-/// Switches from `me` to `receiver` with `word`, then settles what comes back.
+/// Switches from `me` to `receiver` with `word`, then receives what comes back.
 ///
 /// # Safety
 ///
 /// `me` must be the running greenlet and `receiver` a suspended or unstarted one, kept alive
 /// until `me` is resumed; `word` must be valid for `receiver` (see [`MESSAGE_TAG`]).
 #[inline(always)]
-unsafe fn switch_and_settle<R: 'static>(
+unsafe fn switch_and_receive<R: 'static>(
     me: *const Record,
     receiver: *const Record,
     word: usize,
-) -> Result<R, Result<Box<dyn Any + Send>, SwitchError>> {
+) -> Received<R> {
     // SAFETY: the caller's contract.
     unsafe {
-        (*me).state.set(State::Suspended);
-        (*me).awaiting.set(TypeId::of::<R>());
-        let received = arch::switch(word, (*me).context.get().as_ref(), (*receiver).context.get().as_ref());
+        // Written only when it changes: a sender about to read it must not wait on a fresh store.
+        if (*me).awaiting.get() != type_key::<R>() {
+            (*me).awaiting.set(type_key::<R>());
+        }
+        let word = arch::switch(
+            word,
+            (*me).context.get().as_ref(),
+            (*receiver).context.get().as_ref(),
+        );
         let origin = CURRENT.with(|current| current.replace(me));
-        (*me).state.set(State::Running);
-        if received & MESSAGE_TAG != 0 {
-            settle::<R>(me, Message::receive(received & !MESSAGE_TAG))
-        } else {
-            // The sender checked that its value is an `R`; a zero-sized one has no address.
-            let value = if std::mem::size_of::<R>() == 0 {
+        receive::<R>(word, origin, me)
+    }
+}
+
+/// Takes what a switch delivered to `me` from `origin`.
+///
+/// # Safety
+///
+/// `word` must be what `origin`'s switch handed over, still untouched, and `me` must await `R`.
+#[inline(always)]
+unsafe fn receive<R: 'static>(
+    word: usize,
+    origin: *const Record,
+    me: *const Record,
+) -> Received<R> {
+    if word & MESSAGE_TAG == 0 {
+        // The sender checked that its value is an `R`; a zero-sized one has no address.
+        // SAFETY: the value is in the sender's (suspended) frame, moved out once, here.
+        let value = unsafe {
+            if std::mem::size_of::<R>() == 0 {
                 std::ptr::read(NonNull::<R>::dangling().as_ptr())
             } else {
-                std::ptr::read(received as *const R)
-            };
-            match after_receive(TraceEvent::Switch, origin, me, None) {
-                Ok(()) => Ok(value),
-                Err(panic) => {
-                    drop(value);
-                    resume_unwind(panic)
-                }
+                std::ptr::read(word as *const R)
             }
-        }
-    }
-}
-
-/// [`transfer`] of a value of type `T`: when the target is suspended in a switch that asks for
-/// exactly a `T`, the word handed over is the value's address and nothing else is written.
-#[inline(always)]
-pub(crate) fn transfer_value<T: 'static, R: 'static>(target: &Greenlet, value: T) -> Result<R, SwitchError> {
-    let mut value = ManuallyDrop::new(value);
-    let address = if std::mem::size_of::<T>() == 0 {
-        0
+        };
+        settle(Ok(value), TraceEvent::Switch, origin, me)
     } else {
-        &mut *value as *mut T as usize
-    };
-    let record = &*target.record;
-    let outcome = if record.state.get() == State::Suspended
-        && record.awaiting.get() == TypeId::of::<T>()
-        && address & MESSAGE_TAG == 0
-    {
-        // SAFETY: we run (`current_record`); the target is suspended, kept alive by the
-        // caller's handle; it awaits a `T` and reads it from `address` before anything else runs
-        // on our stack; `value` is never dropped here.
-        unsafe { switch_and_settle::<R>(current_record(), Rc::as_ptr(&target.record), address) }
-    } else {
-        let value = ValueRef::new(&mut value);
-        transfer_raw::<R>(target, Payload::Value(&value))
-    };
-    match outcome {
-        Ok(value) => Ok(value),
-        Err(Ok(panic)) => resume_unwind(panic),
-        Err(Err(error)) => Err(error),
+        // SAFETY: a tagged word points at the sender's message, received once, here.
+        let payload = unsafe { Message::receive(word) };
+        let event = payload.event();
+        // SAFETY: nothing has touched the payload's value.
+        let received = unsafe { payload.receive::<R>() };
+        settle(received, event, origin, me)
     }
 }
 
-/// The receiving half of every switch, once `CURRENT` names the receiver `me`: takes the value,
-/// calls the trace hook, drops a finished sender's self-reference and kills an abandoned one.
+/// The bookkeeping after `me` took what `origin` sent: the trace hook, then the sender's fate.
+/// A trace hook's panic replaces what was received (rule 66); it is handed back, never raised
+/// here: in a greenlet's entry function, unwinding would cross `extern "C"`.
 #[inline(always)]
-fn settle<R: 'static>(
-    me: *const Record,
-    received: Received,
-) -> Result<R, Result<Box<dyn Any + Send>, SwitchError>> {
-    let Received {
-        payload,
-        origin,
-        dying,
-        ..
-    } = received;
-    let event = payload.event();
-    // SAFETY: a value in the payload is still in place: nothing ran since the sender's switch.
-    let received = unsafe { payload.receive::<R>() };
-    if let Err(panic) = after_receive(event, origin, me, dying) {
-        drop(received);
-        resume_unwind(panic);
-    }
-    received
-}
-
-/// The bookkeeping after a value was taken: the trace hook, then the sender's fate. Returns a
-/// panic of the trace hook, for the receiver to raise.
-#[inline(always)]
-fn after_receive(
+fn settle<R>(
+    received: Received<R>,
     event: TraceEvent,
     origin: *const Record,
     me: *const Record,
-    dying: Option<Greenlet>,
-) -> Result<(), Box<dyn Any + Send>> {
+) -> Received<R> {
     let traced = trace::call(event, origin, me);
-    match dying {
-        Some(dying) => release_finished(dying),
-        None if origin != me => {
-            // SAFETY: a sender that is not finished is alive: suspended, or running (it is us).
-            unsafe { kill_if_abandoned(origin) }
+    if origin != me {
+        // SAFETY: the sender is alive: a finished one by the self-reference it handed over, a
+        // suspended one by its own.
+        unsafe {
+            if (*origin).state.get() == State::Dead {
+                release_finished(origin);
+            } else {
+                kill_if_abandoned(origin);
+            }
         }
-        None => {}
     }
-    traced
+    match traced {
+        Ok(()) => received,
+        Err(panic) => {
+            drop(received);
+            Err(Ok(panic))
+        }
+    }
 }
 
-/// Drops a finished greenlet's self-reference, once it has switched away for the last time.
+/// Drops the self-reference a finished greenlet handed over with its final switch.
+///
+/// # Safety
+///
+/// `record` must have just finished and switched away for the last time.
 #[cold]
-fn release_finished(dying: Greenlet) {
+unsafe fn release_finished(record: *const Record) {
+    // SAFETY: the finished greenlet's entry function gave up its reference without dropping it.
+    let finished = unsafe { Rc::from_raw(record) };
     // Its stack can go back to the pool now, whoever still holds a handle to it.
-    drop(dying.record.stack.take());
-    drop(dying);
+    drop(finished.stack.take());
+    drop(Greenlet { record: finished });
 }
 
 /// Kills a suspended greenlet whose only reference is its own (see the module docs).
@@ -701,7 +687,7 @@ unsafe fn kill_if_abandoned(record: *const Record) {
     // SAFETY: the caller guarantees the record is alive; the handle made here is never dropped,
     // so the count is only read.
     let only_self = unsafe {
-        (*record).state.get() == State::Suspended
+        (*record).state.get() == State::Active
             && !(*record).is_main
             && Rc::strong_count(&ManuallyDrop::new(Rc::from_raw(record))) == 1
     };
@@ -728,22 +714,17 @@ unsafe fn kill_abandoned_sender(record: *const Record) {
 pub(crate) fn kill_abandoned(victim: &Greenlet) {
     let killer = super::getcurrent();
     let original_parent = victim.record.parent.replace(Some(killer));
-    let outcome =
-        transfer_raw::<GreenletExit>(victim, Payload::Panic(Box::new(GreenletExit::vanished())));
+    let exit = Payload::Panic(Box::new(GreenletExit::vanished()));
+    let outcome = transfer_raw::<GreenletExit>(victim, exit);
     let dead = victim.record.state.get() == State::Dead;
     *victim.record.parent.borrow_mut() = original_parent;
-    match outcome {
-        Ok(_) | Err(Err(_)) => {}
-        Err(Ok(panic)) => {
-            // Rule 36: a kill that turned into another panic is reported, never raised from drop.
-            // The panic hook has already printed it where it happened.
-            drop(panic);
-            if dead {
-                eprintln!(
-                    "awaitlet: {victim:?} panicked while being killed on drop; the panic was discarded"
-                );
-            }
-        }
+    if let Err(Ok(panic)) = outcome {
+        // Rule 36: a kill that turned into another panic is reported, never raised from drop.
+        // The panic hook has already printed it where it happened.
+        drop(panic);
+        eprintln!(
+            "awaitlet: {victim:?} panicked while being killed on drop; the panic was discarded"
+        );
     }
     if !dead && Rc::strong_count(&victim.record) == 2 {
         // Rule 37: it caught GreenletExit and switched away without keeping a handle to itself.
@@ -753,25 +734,25 @@ pub(crate) fn kill_abandoned(victim: &Greenlet) {
     }
 }
 
-/// Every greenlet stack starts here, on the first switch into it.
+/// Every greenlet stack starts here, on the first switch into it; `data` is its record.
 unsafe extern "C" fn entry<A: 'static, B: 'static, F: FnOnce(A) -> B + 'static>(
-    arg: usize,
-    _: *mut (),
+    word: usize,
+    data: *mut (),
 ) -> ! {
-    // SAFETY: the first switch in passes a `Message` whose target is this greenlet's record,
-    // kept alive by the sender's handle until we take our own reference just below.
-    let message = unsafe { Message::receive(arg & !MESSAGE_TAG) };
-    let me_pointer = message.target;
+    let me_pointer = data as *const Record;
+    // Our self-reference. The greenlet that started us holds a reference until we switch back.
     // SAFETY: as above.
     let me = unsafe { handle_from_raw(me_pointer) };
-    CURRENT.with(|current| current.set(me_pointer));
-    me.record.state.set(State::Running);
+    let origin = CURRENT.with(|current| current.replace(me_pointer));
+    me.record.state.set(State::Active);
     let start = me
         .record
         .start
         .take()
         .expect("a starting greenlet has its closure");
-    let outcome = match settle::<A>(me_pointer, message) {
+    // SAFETY: whoever started us checked that the value is an `A` (`accepts_fast`, `resolve`).
+    let argument = unsafe { receive::<A>(word, origin, me_pointer) };
+    let outcome = match argument {
         Ok(argument) => {
             // SAFETY: the closure was written by `new_record` and is moved out exactly once.
             let run = unsafe { std::ptr::read(start.closure as *mut F) };
@@ -790,36 +771,53 @@ unsafe extern "C" fn entry<A: 'static, B: 'static, F: FnOnce(A) -> B + 'static>(
         }
     };
     me.record.state.set(State::Dead);
-    let mut returned = std::mem::MaybeUninit::<B>::uninit();
-    let value_ref;
-    let mut payload = match outcome {
-        Ok(value) => {
-            // SAFETY: `returned` is never dropped nor touched again by this frame; the receiver
-            // moves the value out before this stack is released.
-            value_ref = unsafe { ValueRef::from_pointer(returned.write(value)) };
-            Payload::Value(&value_ref)
-        }
-        // Rule 18: an uncaught GreenletExit reaches the parent as a value.
-        Err(panic) if panic.is::<GreenletExit>() => Payload::Boxed(panic),
-        Err(panic) => Payload::Panic(panic),
-    };
     let parent = me
         .record
         .parent
         .borrow()
         .clone()
         .expect("a greenlet has a parent");
-    let receiver = match resolve(&parent, &mut payload) {
+    let mut returned = MaybeUninit::<B>::uninit();
+    let value_ref;
+    let mut message = None;
+    let (word, receiver) = match outcome {
+        Ok(value) => {
+            let pointer = returned.write(value) as *mut B;
+            match fast_word(pointer).filter(|_| accepts_fast::<B>(&parent.record, me_pointer)) {
+                Some(word) => (word, Rc::as_ptr(&parent.record)),
+                None => {
+                    // SAFETY: `returned` is never dropped nor touched again by this frame; the
+                    // receiver moves the value out before this stack is released.
+                    value_ref = unsafe { ValueRef::new(pointer) };
+                    deliver_from_finished(&parent, Payload::Value(&value_ref), &mut message)
+                }
+            }
+        }
+        // Rule 18: an uncaught GreenletExit reaches the parent as a value.
+        Err(panic) if panic.is::<GreenletExit>() => {
+            deliver_from_finished(&parent, Payload::Boxed(panic), &mut message)
+        }
+        Err(panic) => deliver_from_finished(&parent, Payload::Panic(panic), &mut message),
+    };
+    drop(parent);
+    // The receiver adopts our self-reference when it sees us dead (see `settle`).
+    std::mem::forget(me);
+    // SAFETY: `receiver` is kept alive by our parent chain, which our record (kept alive by the
+    // self-reference just handed over) holds; what `word` points at stays in this frame, which
+    // is never unwound, until the receiver has taken it.
+    unsafe { arch::switch_final(word, (*receiver).context.get().as_ref()) }
+}
+
+/// Walks a finished greenlet's payload to its receiver; returns the word to hand over (pointing
+/// at `message`, which the caller keeps in its frame) and the receiver.
+fn deliver_from_finished(
+    parent: &Greenlet,
+    mut payload: Payload,
+    message: &mut Option<Message>,
+) -> (usize, *const Record) {
+    let receiver = match resolve(parent, &mut payload) {
         Destination::There(receiver) => receiver,
         Destination::Here => unreachable!("a finished greenlet is not running"),
     };
-    drop(parent);
-    let message = Message::new(payload, me_pointer, receiver, Some(me));
-    // SAFETY: `receiver` is kept alive by our parent chain, which our record (kept alive by the
-    // `dying` reference in the message) holds; every value left in this frame is moved out by
-    // the receiver or owns nothing.
-    unsafe {
-        let word = &message as *const Message as usize | MESSAGE_TAG;
-        arch::switch_final(word, (*receiver).context.get().as_ref());
-    }
+    (message.insert(Message::new(payload)).word(), receiver)
 }

@@ -319,7 +319,7 @@ impl Greenlet {
     /// True while the greenlet is started and not finished: running or suspended (Python's
     /// `bool(g)`). Always true for main.
     pub fn is_active(&self) -> bool {
-        matches!(self.state(), State::Running | State::Suspended)
+        self.state() == State::Active
     }
 
     /// True once the greenlet has been switched into (even if it has since finished).
@@ -342,15 +342,6 @@ impl Greenlet {
     }
 }
 
-impl Greenlet {
-    /// The record, without running this handle's `Drop` (the reference moves to the caller).
-    fn into_record(self) -> Rc<Record> {
-        let this = std::mem::ManuallyDrop::new(self);
-        // SAFETY: `this` is never used nor dropped again; its one field moves out once.
-        unsafe { std::ptr::read(&this.record) }
-    }
-}
-
 impl Clone for Greenlet {
     fn clone(&self) -> Greenlet {
         Greenlet {
@@ -364,9 +355,10 @@ impl Drop for Greenlet {
     /// [module docs](self#kill-on-drop).
     fn drop(&mut self) {
         // Two references: this handle and the greenlet's own (see `core`).
-        if self.record.state.get() == State::Suspended
+        if self.record.state.get() == State::Active
             && !self.record.is_main
             && Rc::strong_count(&self.record) == 2
+            && Rc::as_ptr(&self.record) != core::current_record()
         {
             core::kill_abandoned(self);
         }
@@ -391,8 +383,8 @@ impl fmt::Debug for Greenlet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match self.state() {
             State::Unstarted => "unstarted",
-            State::Running => "running",
-            State::Suspended => "suspended",
+            State::Active if Rc::as_ptr(&self.record) == core::current_record() => "running",
+            State::Active => "suspended",
             State::Dead => "dead",
         };
         let mut debug = f.debug_struct("Greenlet");
