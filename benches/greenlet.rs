@@ -19,12 +19,11 @@ use criterion::{Criterion, criterion_group, criterion_main};
 /// A greenlet that hands every value straight back to main, forever.
 fn echo<T: 'static>() -> Greenlet {
     let main = getcurrent();
-    let echo = Greenlet::new(move |mut value: T| {
+    Greenlet::new(move |mut value: T| {
         loop {
             value = main.switch::<T, T>(value).unwrap();
         }
-    });
-    echo
+    })
 }
 
 fn greenlet(c: &mut Criterion) {
@@ -33,7 +32,7 @@ fn greenlet(c: &mut Criterion) {
     let unit = echo::<()>();
     unit.switch::<(), ()>(()).unwrap();
     group.bench_function("switch_unit", |b| {
-        b.iter(|| unit.switch::<(), ()>(black_box(())).unwrap())
+        b.iter(|| unit.switch::<(), ()>(()).unwrap())
     });
     drop(unit); // killed on drop: unwound, stack back to the pool
 
@@ -53,7 +52,7 @@ fn greenlet(c: &mut Criterion) {
         },
     );
     group.bench_function("corosensei_resume_yield", |b| {
-        b.iter(|| match coroutine.resume(black_box(())) {
+        b.iter(|| match coroutine.resume(()) {
             CoroutineResult::Yield(()) => {}
             CoroutineResult::Return(()) => unreachable!("the coroutine never returns"),
         })

@@ -2,8 +2,8 @@
 //!
 //! Not part of the public API (hidden from the docs, exempt from semver): it exists so the
 //! engine itself can be tested and benchmarked without the greenlet machinery on top, and
-//! measured side by side with other crates' equally bare coroutines. Use [`crate::Greenlet`] and
-//! [`crate::async_def`] instead.
+//! measured side by side with other crates' equally bare coroutines. Use [`crate::Greenlet`]
+//! instead.
 //!
 //! A [`Fiber`] runs a closure on its own [`Stack`]. [`Fiber::resume`] switches in with a word;
 //! inside, [`Suspender::suspend`] switches back out with a word. A panic in the closure is caught

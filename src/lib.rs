@@ -34,3 +34,8 @@ pub use greenlet::{Greenlet, GreenletExit, ParentError, SwitchError, getcurrent}
 /// assert!(["x86_64", "context"].contains(&awaitlet::BACKEND));
 /// ```
 pub const BACKEND: &str = arch::BACKEND_NAME;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -325,8 +325,9 @@ fn checked_size(requested: usize) -> Result<usize, StackError> {
             maximum: MAX_STACK_SIZE,
         });
     }
-    let page = os::page_size();
-    Ok(requested.div_ceil(page) * page)
+    // Page sizes are powers of two: round up with a mask, not a division.
+    let page_mask = os::page_size() - 1;
+    Ok((requested + page_mask) & !page_mask)
 }
 
 /// How many stacks this thread's pool holds now.

@@ -14,7 +14,7 @@ pub(super) fn page_size() -> usize {
             let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
             let size = usize::try_from(size)
                 .ok()
-                .filter(|&size| size > 0)
+                .filter(|size| size.is_power_of_two())
                 .unwrap_or(4096);
             PAGE_SIZE.store(size, Ordering::Relaxed);
             size
