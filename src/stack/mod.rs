@@ -74,9 +74,10 @@ pub const POOL_CAPACITY: usize = 64;
 pub const POOL_WATERMARK: usize = 64 * 1024;
 
 /// Every how many returns to the pool the returned stack's pages below the watermark are
-/// released. A release costs about a microsecond; this keeps its share of a return to a few
-/// nanoseconds while still bounding what a busy pool keeps resident.
-pub const TRIM_PERIOD: u32 = 256;
+/// released. A release is a system call of a microsecond or more, even when there is nothing
+/// to release; once in 4096 returns it costs well under a nanosecond per return, while a busy
+/// pool still sheds what a burst of deep recursion left resident.
+pub const TRIM_PERIOD: u32 = 4096;
 
 /// Why a stack could not be made.
 ///
@@ -358,6 +359,11 @@ pub fn trim_pool() {
 
 mod pool {
     //! The per-thread pool: a LIFO list threaded through the stacks' own headers.
+    //!
+    //! Its state is a const-initialised thread-local without a destructor, so taking and
+    //! returning a stack is plain loads and stores. A separate guard, registered the first time
+    //! the pool keeps a stack, unmaps what the pool holds when the thread exits; after that the
+    //! pool is closed and dropped stacks are unmapped directly.
 
     use super::{Header, POOL_CAPACITY, POOL_WATERMARK, Stack, TRIM_PERIOD, os, unmap};
     use std::cell::Cell;
@@ -368,12 +374,10 @@ mod pool {
         head: Cell<*mut Header>,
         len: Cell<usize>,
         returns_until_trim: Cell<u32>,
-    }
-
-    impl Drop for Pool {
-        fn drop(&mut self) {
-            self.unmap_all();
-        }
+        /// The exit guard is registered (the pool may keep stacks).
+        open: Cell<bool>,
+        /// The thread is exiting and the guard has run: keep nothing any more.
+        closed: Cell<bool>,
     }
 
     impl Pool {
@@ -387,6 +391,30 @@ mod pool {
                 unsafe { unmap(header) };
             }
         }
+
+        /// Registers the exit guard on first use; false once the thread is exiting.
+        #[cold]
+        fn open(&self) -> bool {
+            if self.closed.get() {
+                return false;
+            }
+            let registered = EXIT_GUARD.try_with(|_| ()).is_ok();
+            self.open.set(registered);
+            registered
+        }
+    }
+
+    /// Empties and closes the pool when its thread exits.
+    struct ExitGuard;
+
+    impl Drop for ExitGuard {
+        fn drop(&mut self) {
+            POOL.with(|pool| {
+                pool.closed.set(true);
+                pool.open.set(false);
+                pool.unmap_all();
+            });
+        }
     }
 
     thread_local! {
@@ -395,13 +423,17 @@ mod pool {
                 head: Cell::new(std::ptr::null_mut()),
                 len: Cell::new(0),
                 returns_until_trim: Cell::new(TRIM_PERIOD),
+                open: Cell::new(false),
+                closed: Cell::new(false),
             }
         };
+        static EXIT_GUARD: ExitGuard = const { ExitGuard };
     }
 
     /// Takes a pooled stack of exactly `size` usable bytes, if there is one.
+    #[inline]
     pub(super) fn take(size: usize) -> Option<Stack> {
-        POOL.try_with(|pool| {
+        POOL.with(|pool| {
             let mut link = &pool.head;
             loop {
                 let header = NonNull::new(link.get())?;
@@ -418,43 +450,47 @@ mod pool {
                 link = &current.pool_next;
             }
         })
-        .ok()
-        .flatten()
     }
 
-    /// Pools a stack; hands it back when the pool is full or gone (thread exit).
+    /// Pools a stack; hands it back when the pool is full or closed (thread exit).
+    #[inline]
     pub(super) fn give_back(header: NonNull<Header>) -> Result<(), NonNull<Header>> {
-        POOL.try_with(|pool| {
-            if pool.len.get() >= POOL_CAPACITY {
+        POOL.with(|pool| {
+            if pool.len.get() >= POOL_CAPACITY || !(pool.open.get() || pool.open()) {
                 return Err(header);
             }
-            // SAFETY: the stack is being dropped, so its header is valid and unused.
-            let stack = unsafe { header.as_ref() };
             let countdown = pool.returns_until_trim.get() - 1;
+            pool.returns_until_trim.set(countdown);
             if countdown == 0 {
                 pool.returns_until_trim.set(TRIM_PERIOD);
-                let top = header.as_ptr() as usize;
-                let bottom = stack.mapping_start + stack.mapping_len - stack.size;
-                if top - bottom > POOL_WATERMARK {
-                    os::release_pages(bottom, top - POOL_WATERMARK);
-                }
-            } else {
-                pool.returns_until_trim.set(countdown);
+                release_deep_pages(header);
             }
-            stack.pool_next.set(pool.head.get());
+            // SAFETY: the stack is being dropped, so its header is valid and unused.
+            unsafe { header.as_ref() }.pool_next.set(pool.head.get());
             pool.head.set(header.as_ptr());
             pool.len.set(pool.len.get() + 1);
             Ok(())
         })
-        .unwrap_or(Err(header))
+    }
+
+    /// Gives the pages of a returned stack below the watermark back to the kernel.
+    #[cold]
+    fn release_deep_pages(header: NonNull<Header>) {
+        // SAFETY: the stack is being dropped, so its header is valid and unused.
+        let stack = unsafe { header.as_ref() };
+        let top = header.as_ptr() as usize;
+        let bottom = stack.mapping_start + stack.mapping_len - stack.size;
+        if top - bottom > POOL_WATERMARK {
+            os::release_pages(bottom, top - POOL_WATERMARK);
+        }
     }
 
     pub(super) fn len() -> usize {
-        POOL.try_with(|pool| pool.len.get()).unwrap_or(0)
+        POOL.with(|pool| pool.len.get())
     }
 
     pub(super) fn trim() {
-        let _ = POOL.try_with(Pool::unmap_all);
+        POOL.with(Pool::unmap_all);
     }
 }
 
