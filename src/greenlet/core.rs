@@ -41,7 +41,6 @@ use std::cell::{Cell, RefCell};
 use std::mem::{ManuallyDrop, MaybeUninit};
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::ptr::NonNull;
-use std::rc::Rc;
 
 use super::{Greenlet, GreenletExit, SwitchError, TraceEvent, trace};
 use crate::arch::{self, Context};
@@ -63,7 +62,12 @@ struct Start {
 }
 
 /// One greenlet. See the module docs for who owns it.
+///
+/// A greenlet's record lives at the very top of its own stack (main's, on the heap), so making
+/// a greenlet allocates nothing. It is reference counted by hand ([`RecordRef`]): the last
+/// reference drops the record in place, then releases the stack holding it.
 pub(crate) struct Record {
+    references: Cell<usize>,
     /// The greenlet's context: at the top of its stack, or `thread_context` for main.
     context: Cell<NonNull<Context>>,
     pub(crate) state: Cell<State>,
@@ -90,6 +94,97 @@ impl Drop for Record {
             // released): later calls must not find a dangling current greenlet.
             let _ = CURRENT.try_with(|current| current.set(EXITED));
         }
+    }
+}
+
+/// A counted reference to a [`Record`] (what a [`Greenlet`] handle holds).
+pub(crate) struct RecordRef(NonNull<Record>);
+
+impl RecordRef {
+    /// Takes over one reference already counted in the record at `record`.
+    ///
+    /// # Safety
+    ///
+    /// `record` must be live, with a count that includes the reference taken over.
+    pub(crate) unsafe fn from_raw(record: *const Record) -> RecordRef {
+        // SAFETY: the caller guarantees a live, hence non-null, record.
+        RecordRef(unsafe { NonNull::new_unchecked(record as *mut Record) })
+    }
+
+    /// Adds a reference to the live record at `record`.
+    ///
+    /// # Safety
+    ///
+    /// `record` must be live.
+    pub(crate) unsafe fn increment(record: *const Record) -> RecordRef {
+        // SAFETY: the caller guarantees the record is live; the reference counted here is the
+        // one returned.
+        unsafe {
+            (*record).references.set((*record).references.get() + 1);
+            RecordRef::from_raw(record)
+        }
+    }
+
+    pub(crate) fn as_ptr(this: &RecordRef) -> *const Record {
+        this.0.as_ptr()
+    }
+
+    pub(crate) fn ptr_eq(this: &RecordRef, other: &RecordRef) -> bool {
+        this.0 == other.0
+    }
+
+    pub(crate) fn count(this: &RecordRef) -> usize {
+        this.references.get()
+    }
+}
+
+impl std::ops::Deref for RecordRef {
+    type Target = Record;
+
+    fn deref(&self) -> &Record {
+        // SAFETY: a counted reference keeps the record alive.
+        unsafe { self.0.as_ref() }
+    }
+}
+
+impl Clone for RecordRef {
+    fn clone(&self) -> RecordRef {
+        // SAFETY: `self` keeps the record alive.
+        unsafe { RecordRef::increment(self.0.as_ptr()) }
+    }
+}
+
+impl Drop for RecordRef {
+    fn drop(&mut self) {
+        let remaining = self.references.get() - 1;
+        self.references.set(remaining);
+        if remaining == 0 {
+            // SAFETY: that was the last reference.
+            unsafe { destroy(self.0) }
+        }
+    }
+}
+
+/// Drops a record nothing refers to any more, then frees what holds it.
+///
+/// # Safety
+///
+/// `record` must be live with no references left.
+#[cold]
+unsafe fn destroy(record: NonNull<Record>) {
+    // SAFETY: no reference is left, so nothing else uses the record.
+    unsafe {
+        if record.as_ref().is_main {
+            drop(Box::from_raw(record.as_ptr()));
+            return;
+        }
+        // The record lives on its own stack: move the stack out, drop the record in place, and
+        // only then release the stack. The parent goes last: dropping it may run code.
+        let stack = record.as_ref().stack.take();
+        let parent = record.as_ref().parent.take();
+        std::ptr::drop_in_place(record.as_ptr());
+        drop(stack);
+        drop(parent);
     }
 }
 
@@ -131,7 +226,8 @@ fn current_record_slow(current: *const Record) -> *const Record {
         current != EXITED,
         "awaitlet: this thread's greenlets are gone (the thread is exiting)"
     );
-    let main = Rc::new(Record {
+    let main = Box::new(Record {
+        references: Cell::new(1),
         context: Cell::new(NonNull::dangling()),
         state: Cell::new(State::Active),
         awaiting: Cell::new(type_key::<()>()),
@@ -142,9 +238,11 @@ fn current_record_slow(current: *const Record) -> *const Record {
         is_main: true,
         thread_context: Context::for_thread_stack(),
     });
-    // `thread_context` never moves (the record is in an `Rc` allocation) and lives as long as it.
+    // `thread_context` never moves (the record is boxed) and lives as long as it.
     main.context.set(NonNull::from(&main.thread_context));
-    let pointer = Rc::as_ptr(&main);
+    let pointer = Box::into_raw(main) as *const Record;
+    // SAFETY: the box's one counted reference goes to the thread's owner.
+    let main = unsafe { RecordRef::from_raw(pointer) };
     MAIN.with(|owner| *owner.0.borrow_mut() = Some(Greenlet { record: main }));
     CURRENT.with(|current| current.set(pointer));
     pointer
@@ -156,12 +254,9 @@ fn current_record_slow(current: *const Record) -> *const Record {
 ///
 /// `record` must point to a live record (one some reference keeps alive).
 pub(crate) unsafe fn handle_from_raw(record: *const Record) -> Greenlet {
-    // SAFETY: the caller guarantees the record is alive, so its count is at least one.
-    unsafe {
-        Rc::increment_strong_count(record);
-        Greenlet {
-            record: Rc::from_raw(record),
-        }
+    // SAFETY: the caller guarantees the record is alive.
+    Greenlet {
+        record: unsafe { RecordRef::increment(record) },
     }
 }
 
@@ -171,21 +266,12 @@ pub(crate) fn new_record<A: 'static, B: 'static, F: FnOnce(A) -> B + 'static>(
     run: F,
     parent: Greenlet,
     name: Option<Cow<'static, str>>,
-) -> Rc<Record> {
-    let record = Rc::new(Record {
-        context: Cell::new(NonNull::dangling()),
-        state: Cell::new(State::Unstarted),
-        awaiting: Cell::new(type_key::<A>()),
-        parent: RefCell::new(Some(parent)),
-        start: Cell::new(None),
-        stack: Cell::new(None),
-        name,
-        is_main: false,
-        thread_context: Context::for_thread_stack(),
-    });
-    // The closure goes at the top of the stack; the first frame starts below it.
-    let align = std::mem::align_of::<F>().max(16);
-    let closure = (stack.top() as usize - std::mem::size_of::<F>()) & !(align - 1);
+) -> RecordRef {
+    // From the top of the stack down: the record, the closure, then the first frame.
+    let record_align = std::mem::align_of::<Record>().max(16);
+    let record_at = (stack.top() as usize - std::mem::size_of::<Record>()) & !(record_align - 1);
+    let closure_align = std::mem::align_of::<F>().max(16);
+    let closure = (record_at - std::mem::size_of::<F>()) & !(closure_align - 1);
     // SAFETY: the top of a fresh (or pooled, unused) stack is ours, and aligned for F.
     unsafe { (closure as *mut F).write(run) };
     unsafe fn drop_closure<F>(closure: *mut u8) {
@@ -193,19 +279,36 @@ pub(crate) fn new_record<A: 'static, B: 'static, F: FnOnce(A) -> B + 'static>(
         unsafe { std::ptr::drop_in_place(closure as *mut F) }
     }
     // SAFETY: the region below the closure is free stack, 16-byte aligned at `closure`; the
-    // stack lives in the record as long as the context can run; `data` is the record, alive
-    // (held by the greenlet that starts it) when the entry function runs.
+    // stack lives as long as the record on it, hence as long as the context can run; `data` is
+    // the record, alive (held by the greenlet that starts it) when the entry function runs.
     let context = unsafe {
-        let data = Rc::as_ptr(&record) as *mut ();
-        arch::init(closure as *mut u8, stack.bottom(), entry::<A, B, F>, data)
+        arch::init(
+            closure as *mut u8,
+            stack.bottom(),
+            entry::<A, B, F>,
+            record_at as *mut (),
+        )
     };
-    record.context.set(context);
-    record.start.set(Some(Start {
-        closure: closure as *mut u8,
-        drop_closure: drop_closure::<F>,
-    }));
-    record.stack.set(Some(stack));
-    record
+    // SAFETY: the top of the stack is ours and aligned for a `Record`. The stack moves into the
+    // record it holds, which releases it only after dropping the record (`destroy`).
+    unsafe {
+        (record_at as *mut Record).write(Record {
+            references: Cell::new(1),
+            context: Cell::new(context),
+            state: Cell::new(State::Unstarted),
+            awaiting: Cell::new(type_key::<A>()),
+            parent: RefCell::new(Some(parent)),
+            start: Cell::new(Some(Start {
+                closure: closure as *mut u8,
+                drop_closure: drop_closure::<F>,
+            })),
+            stack: Cell::new(Some(stack)),
+            name,
+            is_main: false,
+            thread_context: Context::for_thread_stack(),
+        });
+        RecordRef::from_raw(record_at as *const Record)
+    }
 }
 
 /// A value in flight, when it travels in a [`Message`]: its bytes stay in the sender's frame
@@ -454,10 +557,10 @@ fn resolve(target: &Greenlet, payload: &mut Payload) -> Destination {
     loop {
         let record = &*target.record;
         match record.state.get() {
-            State::Active if Rc::as_ptr(&target.record) == current_record() => {
+            State::Active if RecordRef::as_ptr(&target.record) == current_record() => {
                 return Destination::Here;
             }
-            State::Active => return Destination::There(Rc::as_ptr(&target.record)),
+            State::Active => return Destination::There(RecordRef::as_ptr(&target.record)),
             State::Dead => {
                 // Throwing GreenletExit into a dead greenlet gives it back as a value (rule 30).
                 if direct && payload.is_exit() {
@@ -467,9 +570,9 @@ fn resolve(target: &Greenlet, payload: &mut Payload) -> Destination {
             State::Unstarted => {
                 // SAFETY: keys point at constants.
                 if payload.value_type() == Some(unsafe { *record.awaiting.get() }) {
-                    return Destination::There(Rc::as_ptr(&target.record));
+                    return Destination::There(RecordRef::as_ptr(&target.record));
                 }
-                // It dies without running: its closure is dropped, its stack freed.
+                // It dies without running: its closure is dropped (its stack goes with its record).
                 record.state.set(State::Dead);
                 let start = record
                     .start
@@ -477,7 +580,6 @@ fn resolve(target: &Greenlet, payload: &mut Payload) -> Destination {
                     .expect("an unstarted greenlet has its closure");
                 // SAFETY: the closure was never started nor moved out.
                 unsafe { (start.drop_closure)(start.closure) };
-                drop(record.stack.take());
                 let taken = std::mem::replace(payload, Payload::Boxed(Box::new(())));
                 // SAFETY: a value in the payload is still in place (nothing took it yet).
                 *payload = match unsafe { taken.into_boxed_value() } {
@@ -525,7 +627,9 @@ pub(crate) fn transfer_value<T: 'static, R: 'static>(
         // SAFETY: we run; the target is suspended or unstarted, kept alive by the caller's
         // handle, and awaits a `T`, which it moves out of `value` (never dropped here) before
         // anything else runs on our stack.
-        Some(word) => unsafe { switch_and_receive::<R>(me, Rc::as_ptr(&target.record), word) },
+        Some(word) => unsafe {
+            switch_and_receive::<R>(me, RecordRef::as_ptr(&target.record), word)
+        },
         None => {
             // SAFETY: `value` is never touched again here; the receiver moves it out.
             let value = unsafe { ValueRef::new(pointer) };
@@ -671,10 +775,9 @@ fn settle<R>(
 #[cold]
 unsafe fn release_finished(record: *const Record) {
     // SAFETY: the finished greenlet's entry function gave up its reference without dropping it.
-    let finished = unsafe { Rc::from_raw(record) };
-    // Its stack can go back to the pool now, whoever still holds a handle to it.
-    drop(finished.stack.take());
-    drop(Greenlet { record: finished });
+    drop(Greenlet {
+        record: unsafe { RecordRef::from_raw(record) },
+    });
 }
 
 /// Kills a suspended greenlet whose only reference is its own (see the module docs).
@@ -689,7 +792,7 @@ unsafe fn kill_if_abandoned(record: *const Record) {
     let only_self = unsafe {
         (*record).state.get() == State::Active
             && !(*record).is_main
-            && Rc::strong_count(&ManuallyDrop::new(Rc::from_raw(record))) == 1
+            && (*record).references.get() == 1
     };
     if only_self {
         // SAFETY: as above.
@@ -726,7 +829,7 @@ pub(crate) fn kill_abandoned(victim: &Greenlet) {
             "awaitlet: {victim:?} panicked while being killed on drop; the panic was discarded"
         );
     }
-    if !dead && Rc::strong_count(&victim.record) == 2 {
+    if !dead && RecordRef::count(&victim.record) == 2 {
         // Rule 37: it caught GreenletExit and switched away without keeping a handle to itself.
         // Its frames are live on its stack, so it can be neither resumed nor freed: leak it.
         eprintln!("awaitlet: GreenletExit did not kill {victim:?}; leaking it");
@@ -784,7 +887,7 @@ unsafe extern "C" fn entry<A: 'static, B: 'static, F: FnOnce(A) -> B + 'static>(
         Ok(value) => {
             let pointer = returned.write(value) as *mut B;
             match fast_word(pointer).filter(|_| accepts_fast::<B>(&parent.record, me_pointer)) {
-                Some(word) => (word, Rc::as_ptr(&parent.record)),
+                Some(word) => (word, RecordRef::as_ptr(&parent.record)),
                 None => {
                     // SAFETY: `returned` is never dropped nor touched again by this frame; the
                     // receiver moves the value out before this stack is released.

@@ -124,12 +124,11 @@ mod trace;
 use std::any::Any;
 use std::borrow::Cow;
 use std::fmt;
-use std::rc::Rc;
 
 use crate::stack::{DEFAULT_STACK_SIZE, Stack, StackError};
 pub use trace::{TraceEvent, TraceHook, settrace};
 
-use self::core::{Payload, Record, State};
+use self::core::{Payload, RecordRef, State};
 
 /// A handle to a greenlet. Cloning makes another handle to the same greenlet; handles compare
 /// and hash by identity.
@@ -146,7 +145,7 @@ use self::core::{Payload, Record, State};
 /// assert_sync::<awaitlet::Greenlet>();
 /// ```
 pub struct Greenlet {
-    record: Rc<Record>,
+    record: RecordRef,
 }
 
 /// The running greenlet of this thread (the thread's main greenlet when no other runs).
@@ -416,7 +415,7 @@ impl Greenlet {
 impl Clone for Greenlet {
     fn clone(&self) -> Greenlet {
         Greenlet {
-            record: Rc::clone(&self.record),
+            record: self.record.clone(),
         }
     }
 }
@@ -428,8 +427,8 @@ impl Drop for Greenlet {
         // Two references: this handle and the greenlet's own (see `core`).
         if self.record.state.get() == State::Active
             && !self.record.is_main
-            && Rc::strong_count(&self.record) == 2
-            && Rc::as_ptr(&self.record) != core::current_record()
+            && RecordRef::count(&self.record) == 2
+            && RecordRef::as_ptr(&self.record) != core::current_record()
         {
             core::kill_abandoned(self);
         }
@@ -438,7 +437,7 @@ impl Drop for Greenlet {
 
 impl PartialEq for Greenlet {
     fn eq(&self, other: &Greenlet) -> bool {
-        Rc::ptr_eq(&self.record, &other.record)
+        RecordRef::ptr_eq(&self.record, &other.record)
     }
 }
 
@@ -446,7 +445,7 @@ impl Eq for Greenlet {}
 
 impl std::hash::Hash for Greenlet {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        Rc::as_ptr(&self.record).hash(state);
+        RecordRef::as_ptr(&self.record).hash(state);
     }
 }
 
@@ -454,7 +453,7 @@ impl fmt::Debug for Greenlet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match self.state() {
             State::Unstarted => "unstarted",
-            State::Active if Rc::as_ptr(&self.record) == core::current_record() => "running",
+            State::Active if RecordRef::as_ptr(&self.record) == core::current_record() => "running",
             State::Active => "suspended",
             State::Dead => "dead",
         };
