@@ -81,7 +81,8 @@ impl Suspender {
         // SAFETY: `Shared` lives at the top of our own stack, which is running.
         let shared = unsafe { self.shared.as_ref() };
         // SAFETY: we are the running fiber (`own`); `caller` is suspended in `Fiber::resume`.
-        let received = unsafe { arch::switch_nested(value, shared.own.as_ref(), &shared.caller) };
+        let (received, _) =
+            unsafe { arch::switch_nested(value, shared.own.as_ref(), &shared.caller) };
         if shared.cancel.get() {
             cancelled();
         }
@@ -160,7 +161,8 @@ impl<F> Fiber<F> {
         }
         // SAFETY: we run on the caller's stack (`caller`); `own` is the fiber, unstarted or
         // suspended in `Suspender::suspend`; both live on its stack, which we own.
-        let received = unsafe { arch::switch_nested(value, &shared.caller, shared.own.as_ref()) };
+        let (received, _) =
+            unsafe { arch::switch_nested(value, &shared.caller, shared.own.as_ref()) };
         if shared.state.get() == State::Started {
             Resumed::Suspended(received)
         } else {
@@ -226,7 +228,11 @@ impl<F> Drop for Fiber<F> {
     }
 }
 
-unsafe extern "C" fn entry<F: FnOnce(&Suspender, usize) -> usize>(arg: usize, data: *mut ()) -> ! {
+unsafe extern "C" fn entry<F: FnOnce(&Suspender, usize) -> usize>(
+    arg: usize,
+    data: *mut (),
+    _sender: *const Context,
+) -> ! {
     // SAFETY: `data` is the `Shared` block `Fiber::new` wrote at the top of this stack.
     let shared = unsafe { &*(data as *const Shared) };
     // SAFETY: the closure was written by `Fiber::new` and is moved out exactly once, here.
@@ -247,5 +253,5 @@ unsafe extern "C" fn entry<F: FnOnce(&Suspender, usize) -> usize>(arg: usize, da
         }
     };
     // SAFETY: the caller is suspended in `Fiber::resume`; nothing on this stack is needed again.
-    unsafe { arch::switch_final(word, &shared.caller) }
+    unsafe { arch::switch_final(word, shared.own.as_ref(), &shared.caller) }
 }

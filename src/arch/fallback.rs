@@ -20,7 +20,6 @@
 //! `fcontext` has no CFI, so backtraces stop at the root of a greenlet stack.
 //! See asm-notes/fallback.md.
 
-use std::cell::Cell;
 use std::ffi::c_void;
 use std::ptr::NonNull;
 
@@ -29,10 +28,12 @@ use super::{Context, EntryFn, TERMINATOR};
 /// Name of this backend, for diagnostics and tests.
 pub(crate) const BACKEND_NAME: &str = "context";
 
-/// What a switch hands over: the word, and where the resumed side must store our handle.
+/// What a switch hands over: the word, where the resumed side must store our handle, and our
+/// context (to tell the resumed side who switched).
 struct Packet {
     arg: usize,
     save_to: *const Context,
+    sender: *const Context,
 }
 
 /// What the priming switch in [`init`] hands the trampoline.
@@ -59,18 +60,19 @@ fn raw_handle(context: context::Context) -> usize {
     unsafe { std::mem::transmute::<context::Context, NonNull<c_void>>(context) }.as_ptr() as usize
 }
 
-/// Stores the suspended switcher's handle where its packet says, and returns the packet's word.
+/// Stores the suspended switcher's handle where its packet says, and returns the packet's word
+/// and the switcher's context.
 ///
 /// # Safety
 ///
 /// `transfer` must have been returned by a resume whose data is a live [`Packet`].
-unsafe fn receive(transfer: context::Transfer) -> usize {
+unsafe fn receive(transfer: context::Transfer) -> (usize, *const Context) {
     // SAFETY: every resume in this module passes a `Packet` that lives on the switcher's stack,
     // which stays untouched while the switcher is suspended.
     let packet = unsafe { &*(transfer.data as *const Packet) };
     // SAFETY: `save_to` points at the switcher's own `Context`, valid while it is suspended.
     unsafe { (*packet.save_to).sp.set(raw_handle(transfer.context)) };
-    packet.arg
+    (packet.arg, packet.sender)
 }
 
 extern "C" fn trampoline(priming: context::Transfer) -> ! {
@@ -81,9 +83,9 @@ extern "C" fn trampoline(priming: context::Transfer) -> ! {
     // SAFETY: `priming.context` is `init`'s frame, suspended in its resume call.
     let first = unsafe { priming.context.resume(0) };
     // SAFETY: the first real switch passes a `Packet`, like every switch.
-    let arg = unsafe { receive(first) };
+    let (arg, sender) = unsafe { receive(first) };
     // SAFETY: the entry function's contract is the one `init`'s caller accepted.
-    unsafe { entry(arg, data) }
+    unsafe { entry(arg, data, sender) }
 }
 
 /// Makes a context on `[stack_bottom, stack_top)` that calls `entry(arg, data)` when first
@@ -99,9 +101,9 @@ pub(crate) unsafe fn init(
     entry: EntryFn,
     data: *mut (),
 ) -> NonNull<Context> {
-    // Our `Context` sits at `top - 24`, where the native backend puts it; the `fcontext` frame
-    // goes below `top - 32`.
-    let context = stack_top.cast::<usize>().wrapping_sub(3).cast::<Context>();
+    // Our `Context` sits at `top - 32`, where the native backend puts it; the `fcontext` frame
+    // goes below it.
+    let context = stack_top.cast::<usize>().wrapping_sub(4).cast::<Context>();
     let fcontext_top = stack_top.wrapping_sub(32);
     // SAFETY: the region below the context is ours per the caller's contract.
     let stack = unsafe { context::stack::Stack::new(fcontext_top.cast(), stack_bottom.cast()) };
@@ -111,12 +113,13 @@ pub(crate) unsafe fn init(
     // SAFETY: the trampoline copies `start` and resumes us straight back (it never runs the
     // entry function before the first real switch); the handle it returns is its parked frame.
     let parked = unsafe { fresh.resume(&start as *const Start as usize) };
-    // SAFETY: the top 24 bytes are ours and aligned for `Context`.
+    // SAFETY: the top 32 bytes are ours and aligned for `Context`.
     unsafe {
-        context.write(Context {
-            sp: Cell::new(raw_handle(parked.context)),
-            link: Cell::new(TERMINATOR.0.as_ptr() as usize),
-        });
+        context.write(Context::with_parts(
+            data as usize,
+            raw_handle(parked.context),
+            TERMINATOR.0.as_ptr() as usize,
+        ));
         NonNull::new_unchecked(context)
     }
 }
@@ -128,8 +131,12 @@ pub(crate) unsafe fn init(
 /// As for the native backend's `switch`: `from` is the running context, `to` a suspended one of
 /// the same thread, both valid until `from` is resumed.
 #[inline(always)]
-pub(crate) unsafe fn switch(arg: usize, from: &Context, to: &Context) -> usize {
-    let packet = Packet { arg, save_to: from };
+pub(crate) unsafe fn switch(arg: usize, from: &Context, to: &Context) -> (usize, *const Context) {
+    let packet = Packet {
+        arg,
+        save_to: from,
+        sender: from,
+    };
     // SAFETY: `to` is suspended and resumable; `packet` outlives the switch (we are suspended on
     // top of it until someone resumes us, and they read it at once).
     let transfer = unsafe { handle(to.sp.get()).resume(&packet as *const Packet as usize) };
@@ -143,7 +150,11 @@ pub(crate) unsafe fn switch(arg: usize, from: &Context, to: &Context) -> usize {
 ///
 /// As for [`switch`].
 #[inline(always)]
-pub(crate) unsafe fn switch_nested(arg: usize, from: &Context, to: &Context) -> usize {
+pub(crate) unsafe fn switch_nested(
+    arg: usize,
+    from: &Context,
+    to: &Context,
+) -> (usize, *const Context) {
     // SAFETY: the caller's contract is `switch`'s.
     unsafe { switch(arg, from, to) }
 }
@@ -154,13 +165,14 @@ pub(crate) unsafe fn switch_nested(arg: usize, from: &Context, to: &Context) -> 
 ///
 /// As for [`switch`]'s `to`; the running stack may be released only once `to` runs.
 #[inline(always)]
-pub(crate) unsafe fn switch_final(arg: usize, to: &Context) -> ! {
+pub(crate) unsafe fn switch_final(arg: usize, from: &Context, to: &Context) -> ! {
     // The resumed side stores our (dead) handle through `save_to`: give it a scratch context
     // on this stack, which is still mapped until `to` has run past that store.
     let scratch = Context::for_thread_stack();
     let packet = Packet {
         arg,
         save_to: &scratch,
+        sender: from,
     };
     // SAFETY: `to` is resumable (the caller's contract).
     unsafe { handle(to.sp.get()).resume(&packet as *const Packet as usize) };

@@ -115,16 +115,23 @@ pub(crate) use backend::{BACKEND_NAME, init, switch, switch_final, switch_nested
 /// It receives the word passed by the first [`switch`] into the context and the `data` pointer
 /// given to [`init`]. It must never return and never unwind: it ends by a [`switch_final`] (or
 /// by switching away forever).
-pub(crate) type EntryFn = unsafe extern "C" fn(arg: usize, data: *mut ()) -> !;
+pub(crate) type EntryFn =
+    unsafe extern "C" fn(arg: usize, data: *mut (), sender: *const Context) -> !;
 
-/// A suspended, or running, execution context: its saved stack pointer and its link slot.
+/// A suspended, or running, execution context: its owner, its saved stack pointer and its link.
 ///
 /// The context of a stack made by [`init`] lives at the top of that stack (where its trampoline's
 /// CFI finds the link); [`init`] hands out a pointer to it. A context for code on the thread's
 /// own stack can live anywhere ([`Context::for_thread_stack`]); its link is written, never read.
 /// While a context runs, `sp` is stale; it is written by the [`switch`] that suspends it.
+///
+/// A switch also hands the resumed side the sender's `Context`, so whoever receives a switch
+/// learns who sent it from `owner` (the `data` given to [`init`], or [`Context::set_owner`])
+/// without any other lookup.
 #[repr(C)]
 pub(crate) struct Context {
+    /// Whatever the context belongs to (opaque to this module).
+    owner: Cell<usize>,
     /// The saved stack pointer (the `fcontext` handle on the fallback backend).
     pub(super) sp: Cell<usize>,
     /// The stack pointer of whichever context last switched to this one, or the terminator
@@ -145,8 +152,28 @@ impl Context {
     /// Its `sp` is filled in by the first [`switch`] away from it.
     pub(crate) const fn for_thread_stack() -> Context {
         Context {
+            owner: Cell::new(0),
             sp: Cell::new(0),
             link: Cell::new(0),
+        }
+    }
+
+    /// What the context belongs to: the `data` of [`init`], or what [`Context::set_owner`] set.
+    pub(crate) fn owner(&self) -> usize {
+        self.owner.get()
+    }
+
+    /// Sets [`Context::owner`] (for contexts on the thread's own stack).
+    pub(crate) fn set_owner(&self, owner: usize) {
+        self.owner.set(owner);
+    }
+
+    /// A context with these parts (for the backends' `init`).
+    fn with_parts(owner: usize, sp: usize, link: usize) -> Context {
+        Context {
+            owner: Cell::new(owner),
+            sp: Cell::new(sp),
+            link: Cell::new(link),
         }
     }
 }

@@ -5,40 +5,58 @@ use crate::stack::{DEFAULT_STACK_SIZE, Stack};
 use std::cell::Cell;
 use std::ptr::NonNull;
 
-/// Shared by the two sides of a ping-pong: their contexts and a counter.
+/// Shared by the two sides of a ping-pong: their contexts and counters.
 struct PingPong {
     main: Context,
     a: NonNull<Context>,
     b: NonNull<Context>,
     rounds: usize,
     seen: Cell<usize>,
+    /// Switches whose reported sender was not the context that actually switched.
+    wrong_senders: Cell<usize>,
 }
 
-unsafe extern "C" fn ping(arg: usize, data: *mut ()) -> ! {
+impl PingPong {
+    fn check_sender(&self, sender: *const Context, expected: NonNull<Context>) {
+        if sender != expected.as_ptr() {
+            self.wrong_senders.set(self.wrong_senders.get() + 1);
+        }
+    }
+}
+
+unsafe extern "C" fn ping(arg: usize, data: *mut (), sender: *const Context) -> ! {
     // SAFETY: `data` is the `PingPong` owned by the test, alive until the final switch.
     let shared = unsafe { &*(data as *const PingPong) };
+    if sender != &shared.main as *const Context {
+        shared.wrong_senders.set(shared.wrong_senders.get() + 1);
+    }
     let mut value = arg;
     for _ in 0..shared.rounds {
         // SAFETY: a is running, b is suspended (initial frame or in its own switch).
-        value = unsafe { switch(value + 1, shared.a.as_ref(), shared.b.as_ref()) };
+        let (received, sender) = unsafe { switch(value + 1, shared.a.as_ref(), shared.b.as_ref()) };
+        shared.check_sender(sender, shared.b);
+        value = received;
     }
     shared.seen.set(value);
     // SAFETY: main is suspended in its switch to a.
-    unsafe { switch_final(value, &shared.main) }
+    unsafe { switch_final(value, shared.a.as_ref(), &shared.main) }
 }
 
-unsafe extern "C" fn pong(arg: usize, data: *mut ()) -> ! {
+unsafe extern "C" fn pong(arg: usize, data: *mut (), sender: *const Context) -> ! {
     // SAFETY: as in `ping`.
     let shared = unsafe { &*(data as *const PingPong) };
+    shared.check_sender(sender, shared.a);
     let mut value = arg;
     loop {
         // SAFETY: b is running, a is suspended in its switch to b.
-        value = unsafe { switch(value + 1, shared.b.as_ref(), shared.a.as_ref()) };
+        let (received, sender) = unsafe { switch(value + 1, shared.b.as_ref(), shared.a.as_ref()) };
+        shared.check_sender(sender, shared.a);
+        value = received;
     }
 }
 
 #[test]
-fn a_million_symmetric_switches_pass_every_value() {
+fn a_million_symmetric_switches_pass_every_value_and_name_their_sender() {
     let (stack_a, stack_b) = (
         Stack::new(DEFAULT_STACK_SIZE).unwrap(),
         Stack::new(DEFAULT_STACK_SIZE).unwrap(),
@@ -49,6 +67,7 @@ fn a_million_symmetric_switches_pass_every_value() {
         b: NonNull::dangling(),
         rounds: 500_000,
         seen: Cell::new(0),
+        wrong_senders: Cell::new(0),
     };
     let data = &mut shared as *mut PingPong as *mut ();
     // SAFETY: the stacks outlive the contexts; `data` outlives every switch below.
@@ -56,41 +75,74 @@ fn a_million_symmetric_switches_pass_every_value() {
         shared.a = init(stack_a.top(), stack_a.bottom(), ping, data);
         shared.b = init(stack_b.top(), stack_b.bottom(), pong, data);
     }
+    // A context made by `init` is owned by its `data`.
+    // SAFETY: both contexts were just made and live on their stacks.
+    unsafe {
+        assert_eq!(shared.a.as_ref().owner(), data as usize);
+        assert_eq!(shared.b.as_ref().owner(), data as usize);
+    }
     // SAFETY: we are main, a is fresh.
-    let last = unsafe { switch(0, &shared.main, shared.a.as_ref()) };
+    let (last, sender) = unsafe { switch(0, &shared.main, shared.a.as_ref()) };
     // Each of the 1,000,000 switches between a and b added one.
     assert_eq!(last, 1_000_000);
     assert_eq!(shared.seen.get(), 1_000_000);
+    assert_eq!(
+        sender,
+        shared.a.as_ptr() as *const Context,
+        "the final switch came from a"
+    );
+    assert_eq!(shared.wrong_senders.get(), 0);
 }
 
-unsafe extern "C" fn check_registers(arg: usize, data: *mut ()) -> ! {
-    // SAFETY: `data` is the main context, suspended in its switch here.
-    let main = unsafe { &*(data as *const Context) };
-    // SAFETY: as above.
-    unsafe { switch_final(arg.wrapping_mul(3), main) }
+/// What `check_registers` needs: where to return, and its own context.
+struct Pair {
+    main: Context,
+    own: Cell<*const Context>,
+}
+
+unsafe extern "C" fn check_registers(arg: usize, data: *mut (), sender: *const Context) -> ! {
+    // SAFETY: `data` is the test's `Pair`, alive while main is suspended in its switch here.
+    let pair = unsafe { &*(data as *const Pair) };
+    let from_main = std::ptr::eq(sender, &pair.main);
+    // SAFETY: main is suspended; `own` is this context, set before main switched here.
+    unsafe {
+        switch_final(
+            arg.wrapping_mul(3) + usize::from(!from_main),
+            &*pair.own.get(),
+            &pair.main,
+        )
+    }
 }
 
 #[test]
 fn callee_saved_state_survives_a_switch() {
     let stack = Stack::new(DEFAULT_STACK_SIZE).unwrap();
-    let main = Context::for_thread_stack();
+    let pair = Pair {
+        main: Context::for_thread_stack(),
+        own: Cell::new(std::ptr::null()),
+    };
     // SAFETY: the stack outlives the context.
     let fresh = unsafe {
         init(
             stack.top(),
             stack.bottom(),
             check_registers,
-            &main as *const Context as *mut (),
+            &pair as *const Pair as *mut (),
         )
     };
+    pair.own.set(fresh.as_ptr());
     // Keep many values live across the switch so the compiler must hold some in callee-saved
     // registers (and floating-point ones on the stack).
     let values: Vec<u64> = (1..=24).map(|i| i * 0x0101_0101_0101).collect();
     let live: [u64; 12] = std::array::from_fn(|i| std::hint::black_box(values[i]));
     let float = std::hint::black_box(1.5f64);
     // SAFETY: main is running, `fresh` was just made.
-    let back = unsafe { switch(7, &main, fresh.as_ref()) };
-    assert_eq!(back, 21);
+    let (back, sender) = unsafe { switch(7, &pair.main, fresh.as_ref()) };
+    assert_eq!(
+        back, 21,
+        "the word, tripled; plus one had the sender not been main"
+    );
+    assert_eq!(sender, fresh.as_ptr() as *const Context);
     assert_eq!(live.to_vec(), values[..12].to_vec());
     assert_eq!(float * 2.0, 3.0);
 }

@@ -70,7 +70,6 @@
 //! `asm!` block.
 
 use std::arch::{asm, global_asm};
-use std::cell::Cell;
 use std::ptr::NonNull;
 
 use super::{Context, EntryFn, TERMINATOR};
@@ -89,7 +88,9 @@ global_asm!(
     ".cfi_signal_frame",
     // Nothing to unwind into until the frame below is set up.
     ".cfi_undefined rip",
-    // On entry: rsp = initial sp (top - 64), rdi = the first switch's word.
+    // On entry: rsp = initial sp (top - 64), rdi = the first switch's word, rsi = the sender's
+    // context: entry(word, data, sender).
+    "mov rdx, rsi",
     "mov rsi, [rsp + 32]",
     "lea rbp, [rsp + 48]",
     // DW_CFA_def_cfa_expression, 5 bytes: DW_OP_breg7 (rsp) + 48; DW_OP_deref;
@@ -132,16 +133,16 @@ pub(crate) unsafe fn init(
     debug_assert_eq!(stack_top as usize % 16, 0);
     let top = stack_top.cast::<usize>();
     // SAFETY: the caller gives us the 64 bytes below `stack_top`, aligned for words; `Context`
-    // is two words, `repr(C)`, at `top - 24`.
+    // is three words, `repr(C)`, at `top - 32`: owner (the trampoline's `data`), sp, link.
     unsafe {
         let initial_sp = top.sub(8);
         top.sub(1).write(entry as *const () as usize);
-        let context = top.sub(3).cast::<Context>();
-        context.write(Context {
-            sp: Cell::new(initial_sp as usize),
-            link: Cell::new(TERMINATOR.0.as_ptr() as usize),
-        });
-        top.sub(4).write(data as usize);
+        let context = top.sub(4).cast::<Context>();
+        context.write(Context::with_parts(
+            data as usize,
+            initial_sp as usize,
+            TERMINATOR.0.as_ptr() as usize,
+        ));
         top.sub(5).write(0);
         top.sub(6).write(0);
         top.sub(7)
@@ -154,20 +155,20 @@ pub(crate) unsafe fn init(
 /// The switch, with extra instructions (and their operands) spliced in after `from.sp` is saved.
 macro_rules! switch_asm {
     ($arg:expr, $from:expr, $to:expr $(, $extra:literal)* $(; $($operands:tt)*)?) => {{
-        let received: usize;
+        let (received, sender): (usize, *const Context);
         asm!(
             // Load the target's stack pointer and resume address first, so the loads overlap
             // the pushes instead of delaying everything after the stack swap.
-            "mov rcx, [rdx]",
+            "mov rcx, [rdx + 8]",
             "mov r8, [rcx + 8]",
             "push rbx",
             "lea rax, [rip + 2f]",
             "push rax",
             "push rbp",
-            "mov [rsi], rsp",
+            "mov [rsi + 8], rsp",
             $($extra,)*
             // to.link = our frame, for its trampoline's CFI.
-            "mov [rdx + 8], rsp",
+            "mov [rdx + 16], rsp",
             "mov rsp, rcx",
             "jmp r8",
             // Resumed here by another switch, rdi holding the word it passed.
@@ -176,7 +177,8 @@ macro_rules! switch_asm {
             "lea rsp, [rsp + 8]",
             "pop rbx",
             inout("rdi") $arg => received,
-            in("rsi") $from as *const Context,
+            // The resumed side finds the sender's context here.
+            inout("rsi") $from as *const Context => sender,
             in("rdx") $to as *const Context,
             $($($operands)*,)?
             lateout("r12") _,
@@ -185,12 +187,12 @@ macro_rules! switch_asm {
             lateout("r15") _,
             clobber_abi("C"),
         );
-        received
+        (received, sender)
     }};
 }
 
 /// Suspends the running context into `from` and resumes `to`, handing it `arg`. Returns the word
-/// handed over by the switch that eventually resumes `from`.
+/// handed over by the switch that eventually resumes `from`, and the context that switch left.
 ///
 /// # Safety
 ///
@@ -198,7 +200,7 @@ macro_rules! switch_asm {
 /// [`init`], or suspended by an earlier switch); both must stay valid until `from` is resumed.
 /// Whatever runs on `to` must not unwind into this frame: control returns here only by a switch.
 #[inline(always)]
-pub(crate) unsafe fn switch(arg: usize, from: &Context, to: &Context) -> usize {
+pub(crate) unsafe fn switch(arg: usize, from: &Context, to: &Context) -> (usize, *const Context) {
     // SAFETY: the caller guarantees `from` is us and `to` a resumable context; the block saves
     // every callee-saved register it is not allowed to declare clobbered (rbx, rbp) on our
     // stack, and declares all the others clobbered, so the compiler saves what is live. Our own
@@ -209,7 +211,7 @@ pub(crate) unsafe fn switch(arg: usize, from: &Context, to: &Context) -> usize {
             from,
             to,
             "lea rax, [rip + {terminator}]",
-            "mov [rsi + 8], rax";
+            "mov [rsi + 16], rax";
             terminator = sym TERMINATOR
         )
     }
@@ -223,7 +225,11 @@ pub(crate) unsafe fn switch(arg: usize, from: &Context, to: &Context) -> usize {
 ///
 /// As for [`switch`], plus the nesting above.
 #[inline(always)]
-pub(crate) unsafe fn switch_nested(arg: usize, from: &Context, to: &Context) -> usize {
+pub(crate) unsafe fn switch_nested(
+    arg: usize,
+    from: &Context,
+    to: &Context,
+) -> (usize, *const Context) {
     // SAFETY: as for `switch`; the caller guarantees strict nesting, so no link goes stale.
     unsafe { switch_asm!(arg, from, to) }
 }
@@ -234,16 +240,18 @@ pub(crate) unsafe fn switch_nested(arg: usize, from: &Context, to: &Context) -> 
 ///
 /// As for [`switch`]'s `to`. The running stack may be released only once `to` runs.
 #[inline(always)]
-pub(crate) unsafe fn switch_final(arg: usize, to: &Context) -> ! {
+pub(crate) unsafe fn switch_final(arg: usize, from: &Context, to: &Context) -> ! {
     // SAFETY: the caller guarantees `to` is resumable; nothing of ours survives the jump. The
     // target's link is reset rather than pointed at this stack, which is about to be released.
+    // `from` is handed over (in rsi) like any switch's, only so the receiver knows the sender.
     unsafe {
         asm!(
             "lea rax, [rip + {terminator}]",
-            "mov [rdx + 8], rax",
-            "mov rsp, [rdx]",
+            "mov [rdx + 16], rax",
+            "mov rsp, [rdx + 8]",
             "jmp qword ptr [rsp + 8]",
             in("rdi") arg,
+            in("rsi") from as *const Context,
             in("rdx") to as *const Context,
             terminator = sym TERMINATOR,
             options(noreturn),

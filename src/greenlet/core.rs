@@ -241,6 +241,8 @@ fn current_record_slow(current: *const Record) -> *const Record {
     // `thread_context` never moves (the record is boxed) and lives as long as it.
     main.context.set(NonNull::from(&main.thread_context));
     let pointer = Box::into_raw(main) as *const Record;
+    // SAFETY: just made; a receiver learns who switched to it from the sender context's owner.
+    unsafe { (*pointer).thread_context.set_owner(pointer as usize) };
     // SAFETY: the box's one counted reference goes to the thread's owner.
     let main = unsafe { RecordRef::from_raw(pointer) };
     MAIN.with(|owner| *owner.0.borrow_mut() = Some(Greenlet { record: main }));
@@ -694,12 +696,14 @@ unsafe fn switch_and_receive<R: 'static>(
         if (*me).awaiting.get() != type_key::<R>() {
             (*me).awaiting.set(type_key::<R>());
         }
-        let word = arch::switch(
+        let (word, sender) = arch::switch(
             word,
             (*me).context.get().as_ref(),
             (*receiver).context.get().as_ref(),
         );
-        let origin = CURRENT.with(|current| current.replace(me));
+        // The sender's context names its greenlet (its record is the owner of every context).
+        let origin = (*sender).owner() as *const Record;
+        CURRENT.with(|current| current.set(me));
         receive::<R>(word, origin, me)
     }
 }
@@ -841,12 +845,15 @@ pub(crate) fn kill_abandoned(victim: &Greenlet) {
 unsafe extern "C" fn entry<A: 'static, B: 'static, F: FnOnce(A) -> B + 'static>(
     word: usize,
     data: *mut (),
+    sender: *const Context,
 ) -> ! {
     let me_pointer = data as *const Record;
     // Our self-reference. The greenlet that started us holds a reference until we switch back.
     // SAFETY: as above.
     let me = unsafe { handle_from_raw(me_pointer) };
-    let origin = CURRENT.with(|current| current.replace(me_pointer));
+    // SAFETY: the sender's context is live (it is suspended, or finishing, on its own stack).
+    let origin = unsafe { (*sender).owner() } as *const Record;
+    CURRENT.with(|current| current.set(me_pointer));
     me.record.state.set(State::Active);
     let start = me
         .record
@@ -908,7 +915,13 @@ unsafe extern "C" fn entry<A: 'static, B: 'static, F: FnOnce(A) -> B + 'static>(
     // SAFETY: `receiver` is kept alive by our parent chain, which our record (kept alive by the
     // self-reference just handed over) holds; what `word` points at stays in this frame, which
     // is never unwound, until the receiver has taken it.
-    unsafe { arch::switch_final(word, (*receiver).context.get().as_ref()) }
+    unsafe {
+        arch::switch_final(
+            word,
+            (*me_pointer).context.get().as_ref(),
+            (*receiver).context.get().as_ref(),
+        )
+    }
 }
 
 /// Walks a finished greenlet's payload to its receiver; returns the word to hand over (pointing
