@@ -624,21 +624,63 @@ pub(crate) fn transfer_value<T: 'static, R: 'static>(
     let mut value = ManuallyDrop::new(value);
     let pointer = &mut *value as *mut T;
     let me = current_record();
-    let fast = fast_word(pointer).filter(|_| accepts_fast::<T>(&target.record, me));
-    let received = match fast {
+    if let Some(word) = fast_word(pointer).filter(|_| accepts_fast::<T>(&target.record, me)) {
         // SAFETY: we run; the target is suspended or unstarted, kept alive by the caller's
         // handle, and awaits a `T`, which it moves out of `value` (never dropped here) before
         // anything else runs on our stack.
-        Some(word) => unsafe {
-            switch_and_receive::<R>(me, RecordRef::as_ptr(&target.record), word)
-        },
-        None => {
-            // SAFETY: `value` is never touched again here; the receiver moves it out.
-            let value = unsafe { ValueRef::new(pointer) };
-            transfer_raw::<R>(target, Payload::Value(&value))
+        let (word, origin) = unsafe { switch_to::<R>(me, RecordRef::as_ptr(&target.record), word) };
+        // The common case in a straight line: a plain value back, no trace hook, and a sender
+        // that neither finished nor was abandoned. Everything else is `receive`'s business.
+        // SAFETY: the sender is alive (it just switched); reading its state and count is all.
+        let plain = word & MESSAGE_TAG == 0
+            && !trace::is_set()
+            && unsafe {
+                (*origin).state.get() == State::Active
+                    && ((*origin).is_main || (*origin).references.get() != 1)
+            };
+        if plain {
+            // SAFETY: an untagged word is the address of an `R` (0 for a zero-sized one) in
+            // the sender's suspended frame, moved out once, here.
+            return Ok(unsafe { read_value::<R>(word) });
         }
-    };
-    raise(received)
+        // SAFETY: nothing has been taken from the word yet.
+        return raise(unsafe { receive_out_of_line::<R>(word, origin, me) });
+    }
+    // SAFETY: `value` is never touched again here; the receiver moves it out.
+    let value = unsafe { ValueRef::new(pointer) };
+    raise(transfer_raw::<R>(target, Payload::Value(&value)))
+}
+
+/// Moves the `R` an untagged word points at (0 for a zero-sized `R`) out of the sender's frame.
+///
+/// # Safety
+///
+/// The word must be untagged, from a sender that checked its value is an `R`, still in place.
+#[inline(always)]
+unsafe fn read_value<R>(word: usize) -> R {
+    // SAFETY: the caller's contract; a zero-sized `R` has no bytes to read.
+    unsafe {
+        if std::mem::size_of::<R>() == 0 {
+            std::ptr::read(NonNull::<R>::dangling().as_ptr())
+        } else {
+            std::ptr::read(word as *const R)
+        }
+    }
+}
+
+/// [`receive`], kept out of line for the fast path's uncommon cases.
+///
+/// # Safety
+///
+/// As for [`receive`].
+#[inline(never)]
+unsafe fn receive_out_of_line<R: 'static>(
+    word: usize,
+    origin: *const Record,
+    me: *const Record,
+) -> Received<R> {
+    // SAFETY: the caller's contract.
+    unsafe { receive::<R>(word, origin, me) }
 }
 
 /// Sends `payload` to `target`, as [`transfer_value`] does a value.
@@ -692,6 +734,25 @@ unsafe fn switch_and_receive<R: 'static>(
 ) -> Received<R> {
     // SAFETY: the caller's contract.
     unsafe {
+        let (word, origin) = switch_to::<R>(me, receiver, word);
+        receive::<R>(word, origin, me)
+    }
+}
+
+/// Switches from `me`, awaiting an `R`, to `receiver` with `word`; back in `me`, returns the
+/// word received and the greenlet that sent it.
+///
+/// # Safety
+///
+/// As for [`switch_and_receive`].
+#[inline(always)]
+unsafe fn switch_to<R: 'static>(
+    me: *const Record,
+    receiver: *const Record,
+    word: usize,
+) -> (usize, *const Record) {
+    // SAFETY: the caller's contract.
+    unsafe {
         // Written only when it changes: a sender about to read it must not wait on a fresh store.
         if (*me).awaiting.get() != type_key::<R>() {
             (*me).awaiting.set(type_key::<R>());
@@ -702,9 +763,8 @@ unsafe fn switch_and_receive<R: 'static>(
             (*receiver).context.get().as_ref(),
         );
         // The sender's context names its greenlet (its record is the owner of every context).
-        let origin = (*sender).owner() as *const Record;
         CURRENT.with(|current| current.set(me));
-        receive::<R>(word, origin, me)
+        (word, (*sender).owner() as *const Record)
     }
 }
 
@@ -720,15 +780,8 @@ unsafe fn receive<R: 'static>(
     me: *const Record,
 ) -> Received<R> {
     if word & MESSAGE_TAG == 0 {
-        // The sender checked that its value is an `R`; a zero-sized one has no address.
-        // SAFETY: the value is in the sender's (suspended) frame, moved out once, here.
-        let value = unsafe {
-            if std::mem::size_of::<R>() == 0 {
-                std::ptr::read(NonNull::<R>::dangling().as_ptr())
-            } else {
-                std::ptr::read(word as *const R)
-            }
-        };
+        // SAFETY: the sender checked that its value is an `R`; it is moved out once, here.
+        let value = unsafe { read_value::<R>(word) };
         settle(Ok(value), TraceEvent::Switch, origin, me)
     } else {
         // SAFETY: a tagged word points at the sender's message, received once, here.

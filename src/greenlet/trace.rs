@@ -49,6 +49,12 @@ pub fn settrace(hook: Option<TraceHook>) -> Option<TraceHook> {
     HOOK.with(|slot| slot.replace(hook))
 }
 
+/// True while a hook is set.
+#[inline(always)]
+pub(super) fn is_set() -> bool {
+    TRACING.with(Cell::get)
+}
+
 /// Calls the hook, if any, for a switch from `origin` to `target`. A panic from the hook removes
 /// it and is returned for the target to raise.
 #[inline(always)]
