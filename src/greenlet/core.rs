@@ -257,9 +257,8 @@ fn current_record_slow(current: *const Record) -> *const Record {
 /// `record` must point to a live record (one some reference keeps alive).
 pub(crate) unsafe fn handle_from_raw(record: *const Record) -> Greenlet {
     // SAFETY: the caller guarantees the record is alive.
-    Greenlet {
-        record: unsafe { RecordRef::increment(record) },
-    }
+    let record = unsafe { RecordRef::increment(record) };
+    Greenlet { record }
 }
 
 /// Makes an unstarted greenlet running `run` on `stack`, child of `parent`.
@@ -832,9 +831,8 @@ fn settle<R>(
 #[cold]
 unsafe fn release_finished(record: *const Record) {
     // SAFETY: the finished greenlet's entry function gave up its reference without dropping it.
-    drop(Greenlet {
-        record: unsafe { RecordRef::from_raw(record) },
-    });
+    let record = unsafe { RecordRef::from_raw(record) };
+    drop(Greenlet { record });
 }
 
 /// Kills a suspended greenlet whose only reference is its own (see the module docs).
