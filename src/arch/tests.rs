@@ -27,7 +27,7 @@ impl PingPong {
 unsafe extern "C" fn ping(arg: usize, data: *mut (), sender: *const Context) -> ! {
     // SAFETY: `data` is the `PingPong` owned by the test, alive until the final switch.
     let shared = unsafe { &*(data as *const PingPong) };
-    if sender != &shared.main as *const Context {
+    if !std::ptr::eq(sender, &shared.main) {
         shared.wrong_senders.set(shared.wrong_senders.get() + 1);
     }
     let mut value = arg;
