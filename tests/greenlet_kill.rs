@@ -9,22 +9,16 @@
 
 mod common;
 
-use std::any::Any;
 use std::cell::{Cell, RefCell};
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use awaitlet::stack::{pool_len, trim_pool};
 use awaitlet::{Greenlet, GreenletExit, SwitchError, getcurrent};
-use common::{is_child, run_child, terminating_signal};
+use common::{catch, is_child, run_child, terminating_signal};
 
 const VANISHED: &str = "Killing the greenlet because all references have vanished.";
-
-fn catch<T>(f: impl FnOnce() -> T) -> Result<T, Box<dyn Any + Send>> {
-    catch_unwind(AssertUnwindSafe(f))
-}
 
 type Log = Rc<RefCell<Vec<String>>>;
 

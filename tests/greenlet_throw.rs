@@ -2,28 +2,15 @@
 //! a panic whose payload crosses greenlets unchanged, and `GreenletExit` reaches a parent as a
 //! value (`SwitchError::Exited`, or `Ok` when the receiver asks for a `GreenletExit`).
 
-use std::any::Any;
+mod common;
+
+use common::{catch, text};
+
 use std::cell::{Cell, RefCell};
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::rc::Rc;
 use std::sync::Arc;
 
 use awaitlet::{Greenlet, GreenletExit, SwitchError, getcurrent};
-
-fn catch<T>(f: impl FnOnce() -> T) -> Result<T, Box<dyn Any + Send>> {
-    catch_unwind(AssertUnwindSafe(f))
-}
-
-/// The text of a `&str` or `String` panic payload.
-fn text(payload: &(dyn Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        panic!("payload is not text")
-    }
-}
 
 fn exit(message: &'static str) -> GreenletExit {
     GreenletExit {

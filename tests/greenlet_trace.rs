@@ -3,32 +3,16 @@
 
 mod common;
 
-use std::any::Any;
 use std::cell::{Cell, RefCell};
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use awaitlet::greenlet::{TraceEvent, settrace};
 use awaitlet::{Greenlet, getcurrent};
-use common::{child_command, is_child, terminating_signal};
+use common::{catch, child_command, is_child, terminating_signal, text};
 
 use TraceEvent::{Switch, Throw};
-
-fn catch<T>(f: impl FnOnce() -> T) -> Result<T, Box<dyn Any + Send>> {
-    catch_unwind(AssertUnwindSafe(f))
-}
-
-fn text(payload: &(dyn Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        panic!("payload is not text")
-    }
-}
 
 /// One call of the hook: event, origin, target, and the greenlet running the hook.
 #[derive(Debug, PartialEq)]

@@ -33,3 +33,19 @@ pub(crate) fn terminating_signal(output: &Output) -> Option<i32> {
     use std::os::unix::process::ExitStatusExt;
     output.status.signal()
 }
+
+/// Runs `f`, catching a panic.
+pub(crate) fn catch<T>(f: impl FnOnce() -> T) -> Result<T, Box<dyn std::any::Any + Send>> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+}
+
+/// The text of a `&str` or `String` panic payload.
+pub(crate) fn text(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        (*text).to_string()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        panic!("payload is not text")
+    }
+}
