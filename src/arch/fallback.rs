@@ -4,8 +4,9 @@
 //! handle of the context that just suspended, instead of letting the switcher store its own.
 //! To present the same interface as the native backend (the switcher saves its own stack
 //! pointer into `from.sp`), every switch passes a pointer to a small [`Packet`] on the switcher's
-//! stack holding the word and the address of `from.sp`; the resumed side stores the handle it
-//! received there before doing anything else.
+//! stack holding the word, the `Context` whose `sp` must receive the handle (`from`, or a
+//! scratch one for a final switch) and the sender (`from`); the resumed side stores the handle
+//! it received before doing anything else, and returns the word and the sender.
 //!
 //! What this wrapper guarantees on top of `context`:
 //!
@@ -88,7 +89,7 @@ extern "C" fn trampoline(priming: context::Transfer) -> ! {
     unsafe { entry(arg, data, sender) }
 }
 
-/// Makes a context on `[stack_bottom, stack_top)` that calls `entry(arg, data)` when first
+/// Makes a context on `[stack_bottom, stack_top)` that calls `entry(word, data, sender)` when first
 /// switched to; the [`Context`] itself lives at the top of the region.
 ///
 /// # Safety

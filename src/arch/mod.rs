@@ -1,16 +1,19 @@
 //! The context-switch primitive: the one place where execution moves from one stack to another.
 //!
-//! Everything above this module (stacks excepted) is expressed in terms of three operations:
+//! Everything above this module (stacks excepted) is expressed in terms of four operations:
 //!
-//! - [`init`] writes an initial frame near the top of a fresh stack, so that the first switch
-//!   into it calls an entry function `entry(arg, data)` on that stack;
+//! - [`init`] writes a [`Context`] and an initial frame near the top of a fresh stack, so that
+//!   the first switch into it calls an entry function `entry(word, data, sender)` there;
 //! - [`switch`] suspends the running context, saving what the ABI says a callee must preserve,
 //!   and resumes another one, handing it one machine word; it returns the word handed back by
-//!   whichever context later resumes us;
+//!   whichever context later resumes us, and that context (the *sender*);
+//! - [`switch_nested`] is the same for strictly nested use (see its docs);
 //! - [`switch_final`] resumes another context without saving the running one: the last switch
 //!   made by a context whose stack is about to be released.
 //!
-//! A [`Context`] is two words: the saved stack pointer of a suspended context, and its *link*.
+//! A [`Context`] is three words: its *owner* (opaque here: the `data` given to [`init`]; the
+//! greenlet layer learns who switched to it from the sender's owner), the saved stack pointer
+//! of a suspended context, and its *link*.
 //! The context of a greenlet stack sits at the top of that stack; each switch writes the
 //! switcher's stack pointer into the target's link, and the entry trampoline's DWARF CFI reads
 //! it back, so an unwinder (a backtrace, gdb) walking up from the target's root frame steps into
@@ -22,10 +25,10 @@
 //!   | entry fn         |                   | resumer's frames  |
 //!   | Context: link ---+------------------>+-------------------+ <- resumer's saved sp
 //!   |          sp      |                   |                   |
-//!   | data             |                   | saved rbp, rip,   |
+//!   |          owner   |                   | saved rbp, rip,   |
 //!   | ...              |                   | rbx (see x86_64)  |
 //!   | trampoline frame |
-//!   | entry(arg, data) |
+//!   | entry(...)       |
 //!   | user frames      |  <- running
 //! ```
 //!
@@ -112,8 +115,8 @@ pub(crate) use backend::{BACKEND_NAME, init, switch, switch_final, switch_nested
 
 /// The signature of a function that starts a fresh stack.
 ///
-/// It receives the word passed by the first [`switch`] into the context and the `data` pointer
-/// given to [`init`]. It must never return and never unwind: it ends by a [`switch_final`] (or
+/// It receives the word passed by the first [`switch`] into the context, the `data` pointer
+/// given to [`init`], and the context that made that switch. It must never return and never unwind: it ends by a [`switch_final`] (or
 /// by switching away forever).
 pub(crate) type EntryFn =
     unsafe extern "C" fn(arg: usize, data: *mut (), sender: *const Context) -> !;

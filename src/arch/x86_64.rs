@@ -38,7 +38,7 @@
 //!   top - 8  | entry fn         |
 //!   top - 16 | Context.link     |  <- the CFA expression reads this
 //!   top - 24 | Context.sp       |
-//!   top - 32 | data             |
+//!   top - 32 | Context.owner    |  (= data)
 //!   top - 40 | (padding)        |
 //!   top - 48 | (rbx: unused)    |
 //!   top - 56 | trampoline       |
@@ -50,8 +50,9 @@
 //! therefore starts with the ABI's alignment (`rsp % 16 == 8`). The entry function never
 //! returns.
 //!
-//! A switch is then three stores and one load besides the pushes and pops: save our `sp`, reset
-//! our own link, write the target's link, load the target's `sp`. Both links sit inside the
+//! A switch is then two loads and three stores besides the pushes and pops: load the target's
+//! `sp` and resume address, save our `sp`, reset our own link (not in `switch_nested`), write
+//! the target's link. Both links sit inside the
 //! `Context`s, so no store waits on a pointer load.
 //!
 //! # CFI
@@ -116,7 +117,7 @@ unsafe extern "C" {
     fn awaitlet_x86_64_trampoline_v0();
 }
 
-/// Writes a [`Context`] and the initial frame for `entry(arg, data)` below `stack_top`; returns
+/// Writes a [`Context`] and the initial frame for `entry(word, data, sender)` below `stack_top`; returns
 /// the context, which lives there.
 ///
 /// # Safety
@@ -171,7 +172,7 @@ macro_rules! switch_asm {
             "mov [rdx + 16], rsp",
             "mov rsp, rcx",
             "jmp r8",
-            // Resumed here by another switch, rdi holding the word it passed.
+            // Resumed here by another switch: rdi holds the word it passed, rsi its context.
             "2:",
             "pop rbp",
             "lea rsp, [rsp + 8]",
