@@ -3,7 +3,8 @@
 //!
 //! # Ownership
 //!
-//! A [`Record`] is reference counted (`Rc`); [`Greenlet`] handles are the references. Besides the
+//! A [`Record`] is reference counted by hand ([`RecordRef`]); [`Greenlet`] handles are the
+//! references. It lives at the top of the greenlet's own stack (main's is boxed). Besides the
 //! user's handles, references are held by:
 //!
 //! - each child, to its parent (so a parent outlives its children, as in Python);
@@ -13,8 +14,9 @@
 //!
 //! The running greenlet is named by a raw pointer in a thread-local ([`CURRENT`]) that owns no
 //! reference: the running greenlet is kept alive by its self-reference (or, for main, by the
-//! thread), so a switch touches no reference count at all. Only the receiving side of a switch
-//! updates `CURRENT`, so on resuming, the receiver finds the sender there.
+//! thread), so a switch touches no reference count at all. The receiving side of a switch
+//! updates `CURRENT`; it learns who sent from the context the switch hands over, whose owner
+//! is the sending greenlet's record.
 //!
 //! A started, suspended, non-main greenlet whose only reference is its self-reference has been
 //! abandoned: it is killed ([`kill_abandoned`]) where that is detected: when its last handle is
@@ -842,8 +844,7 @@ unsafe fn release_finished(record: *const Record) {
 /// `record` must be alive.
 #[inline(always)]
 unsafe fn kill_if_abandoned(record: *const Record) {
-    // SAFETY: the caller guarantees the record is alive; the handle made here is never dropped,
-    // so the count is only read.
+    // SAFETY: the caller guarantees the record is alive; its state and count are only read.
     let only_self = unsafe {
         (*record).state.get() == State::Active
             && !(*record).is_main

@@ -62,6 +62,15 @@
 //! the greenlet (with its stack) is leaked on purpose, as Python's greenlet does. If it keeps a
 //! handle to itself first, it simply lives on.
 //!
+//! # Memory
+//!
+//! A greenlet's record (its state, parent and name) and its closure live at the top of its own
+//! stack, which comes from the thread's pool ([`crate::stack`]): creating, running and dropping
+//! a greenlet allocates nothing once the pool is warm. The flip side: a finished greenlet keeps
+//! its stack (virtual space, plus the pages it touched) until its last handle is dropped, and
+//! only then does the stack go back to the pool. Drop handles to finished greenlets you no
+//! longer need.
+//!
 //! # Threads
 //!
 //! A greenlet belongs to its thread: `Greenlet` is `!Send`, so a cross-thread switch does not
