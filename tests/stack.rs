@@ -212,23 +212,28 @@ fn overflowing_a_greenlet_stack_prints_its_size_and_aborts() {
         println!("CHILD-SURVIVED {outcome:?}");
         return;
     }
-    let output = run_child(
+    assert_child_died_of_overflow(
         "overflowing_a_greenlet_stack_prints_its_size_and_aborts",
         "overflow",
+        64,
     );
+}
+
+/// Runs the child `role` of `test` and checks it died of an overflow of a `kib` KiB stack: the
+/// one-line report on stderr, then SIGABRT, with nothing after the overflow.
+fn assert_child_died_of_overflow(test: &str, role: &str, kib: usize) {
+    let output = run_child(test, role);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(
         terminating_signal(&output),
         Some(libc::SIGABRT),
         "{output:?}"
     );
-    assert!(
-        stderr.contains(
-            "awaitlet: a greenlet overflowed its 64 KiB stack; give it a larger one with \
-             Greenlet::builder().stack_size(bytes) or AsyncDef::stack_size(bytes)\n"
-        ),
-        "{stderr}"
+    let expected = format!(
+        "awaitlet: a greenlet overflowed its {kib} KiB stack; give it a larger one with \
+         Greenlet::builder().stack_size(bytes) or AsyncDef::stack_size(bytes)\n"
     );
+    assert!(stderr.contains(&expected), "{stderr}");
     assert!(!String::from_utf8_lossy(&output.stdout).contains("CHILD-SURVIVED"));
 }
 
@@ -260,19 +265,10 @@ fn overflow_is_reported_on_threads_without_an_alternate_signal_stack() {
         println!("CHILD-SURVIVED");
         return;
     }
-    let output = run_child(
+    assert_child_died_of_overflow(
         "overflow_is_reported_on_threads_without_an_alternate_signal_stack",
         "overflow-raw-thread",
-    );
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(
-        terminating_signal(&output),
-        Some(libc::SIGABRT),
-        "{output:?}"
-    );
-    assert!(
-        stderr.contains("awaitlet: a greenlet overflowed its 32 KiB stack"),
-        "{stderr}"
+        32,
     );
 }
 

@@ -202,10 +202,9 @@ macro_rules! switch_asm {
 /// Whatever runs on `to` must not unwind into this frame: control returns here only by a switch.
 #[inline(always)]
 pub(crate) unsafe fn switch(arg: usize, from: &Context, to: &Context) -> (usize, *const Context) {
-    // SAFETY: the caller guarantees `from` is us and `to` a resumable context; the block saves
-    // every callee-saved register it is not allowed to declare clobbered (rbx, rbp) on our
-    // stack, and declares all the others clobbered, so the compiler saves what is live. Our own
-    // link is reset: a chain through it could go stale once contexts switch in a cycle.
+    // Our own link is reset: a chain through it could go stale once contexts switch in a cycle.
+    // SAFETY: the caller guarantees `from` is us and `to` resumable; the block saves rbx and rbp
+    // itself and declares every other register clobbered, so the compiler saves what is live.
     unsafe {
         switch_asm!(
             arg,
