@@ -75,6 +75,17 @@ fn library_lines(stderr: &str) -> Vec<&str> {
         .collect()
 }
 
+/// The one line the library writes when a kill on drop turned into another panic (rule 36).
+fn the_kill_panic_report(stderr: &str) -> &str {
+    let lines = library_lines(stderr);
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].contains("panicked while being killed on drop"),
+        "{stderr}"
+    );
+    lines[0]
+}
+
 // Rule 32: an unstarted greenlet is freed without running: its closure's captures are dropped,
 // its body never runs.
 #[test]
@@ -389,16 +400,8 @@ fn kill_turned_into_another_panic_is_reported_not_raised_from_drop() {
         "kill_turned_into_another_panic_is_reported_not_raised_from_drop",
         "converted",
     );
-    let lines = library_lines(&stderr);
-    assert_eq!(lines.len(), 1, "{stderr}");
-    assert!(
-        lines[0].contains("panicked while being killed on drop"),
-        "{stderr}"
-    );
-    assert!(
-        lines[0].contains("Greenlet {"),
-        "names the greenlet: {stderr}"
-    );
+    let line = the_kill_panic_report(&stderr);
+    assert!(line.contains("Greenlet {"), "names the greenlet: {stderr}");
     assert!(
         stderr.contains("converted kill"),
         "the panic itself: {stderr}"
@@ -622,12 +625,7 @@ fn destructor_panic_after_caught_exit_during_drop_is_reported_not_raised() {
         "destructor_panic_after_caught_exit_during_drop_is_reported_not_raised",
         "destructor-after-catch",
     );
-    let lines = library_lines(&stderr);
-    assert_eq!(lines.len(), 1, "{stderr}");
-    assert!(
-        lines[0].contains("panicked while being killed on drop"),
-        "{stderr}"
-    );
+    the_kill_panic_report(&stderr);
     assert!(stderr.contains("destructor panic"), "{stderr}");
 }
 

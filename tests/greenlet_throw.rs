@@ -194,6 +194,16 @@ fn greenlet_exit_reraised_by_target_is_still_returned_as_value() {
 /// Main starts `parent`, which makes `child` (its child), and switches into it; `child` switches
 /// to main. Returns (parent, child): parent suspended in `child.switch`, child suspended in
 /// `main.switch`. When child's switch fails, parent returns a description of how.
+/// How a parent's pending switch ended, as the text the parent returns to whoever resumes it.
+fn describe(outcome: Result<Result<(), SwitchError>, Box<dyn std::any::Any + Send>>) -> String {
+    match outcome {
+        Ok(Ok(())) => "parent got ()".to_string(),
+        Ok(Err(SwitchError::Exited(e))) => format!("parent got exit {}", e.message),
+        Ok(Err(other)) => format!("parent got {other:?}"),
+        Err(panic) => format!("parent caught {}", text(&*panic)),
+    }
+}
+
 fn parent_waiting_on_child() -> (Greenlet, Greenlet) {
     let main = getcurrent();
     let child_slot = slot();
@@ -204,12 +214,7 @@ fn parent_waiting_on_child() -> (Greenlet, Greenlet) {
             to_main.switch::<(), ()>(()).unwrap();
         });
         *child_out.borrow_mut() = Some(child.clone());
-        match catch(|| child.switch::<(), ()>(())) {
-            Ok(Ok(())) => "parent got ()".to_string(),
-            Ok(Err(SwitchError::Exited(e))) => format!("parent got exit {}", e.message),
-            Ok(Err(other)) => format!("parent got {other:?}"),
-            Err(panic) => format!("parent caught {}", text(&*panic)),
-        }
+        describe(catch(|| child.switch::<(), ()>(())))
     });
     parent.switch::<(), ()>(()).unwrap();
     let child = take(&child_slot);
@@ -279,12 +284,7 @@ fn panic_thrown_into_unstarted_is_raised_in_parent_without_running() {
 /// when resumed by a panic or an exit, returns a description of it.
 fn suspended_parent_with_unstarted_child(ran: Rc<Cell<bool>>) -> (Greenlet, Greenlet) {
     let main = getcurrent();
-    let parent = Greenlet::new(move |()| match catch(|| main.switch::<(), ()>(())) {
-        Ok(Ok(())) => "parent got ()".to_string(),
-        Ok(Err(SwitchError::Exited(e))) => format!("parent got exit {}", e.message),
-        Ok(Err(other)) => format!("parent got {other:?}"),
-        Err(panic) => format!("parent caught {}", text(&*panic)),
-    });
+    let parent = Greenlet::new(move |()| describe(catch(|| main.switch::<(), ()>(()))));
     parent.switch::<(), ()>(()).unwrap();
     let child = Greenlet::builder()
         .parent(&parent)
