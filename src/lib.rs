@@ -11,7 +11,10 @@
 //!    clear report on overflow;
 //! 3. [`greenlet`]: the tree of greenlets, `switch`, `throw`, `kill`, kill on drop, with Python
 //!    greenlet's semantics;
-//! 4. the async bridge (in progress).
+//! 4. [`bridge`]: [`async_def`] and [`awaitlet`], synchronous code awaiting futures on any
+//!    executor;
+//! 5. [`io`]: `std::io` adapters over async streams, for synchronous parsers and encoders
+//!    inside `async_def`.
 //!
 //! Supported targets: Unix. x86_64 (but Apple's) uses the native backend; x86, arm, aarch64,
 //! mips, powerpc and Apple's x86_64 use the portable one, which x86_64 builds can force with
@@ -21,11 +24,17 @@
 #![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
 mod arch;
+pub mod bridge;
 #[doc(hidden)]
 pub mod engine;
 pub mod greenlet;
+pub mod io;
 pub mod stack;
 
+pub use bridge::{
+    AssertAwaitOccurs, AsyncDef, Cancelled, NoAwaitOccurred, NoAwaitletContext, async_def,
+    awaitlet, in_async_def, try_awaitlet,
+};
 pub use greenlet::{Greenlet, GreenletExit, ParentError, SwitchError, getcurrent};
 
 /// The context-switch backend compiled in: `"x86_64"` (native) or `"context"` (portable fallback).

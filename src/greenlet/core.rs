@@ -37,6 +37,7 @@
 //!   | (suspended)   |                    | CURRENT: sender -> receiver
 //! ```
 
+use std::alloc::Layout;
 use std::any::{Any, TypeId};
 use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
@@ -44,6 +45,7 @@ use std::mem::{ManuallyDrop, MaybeUninit};
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::ptr::NonNull;
 
+use super::driven::Driven;
 use super::{Greenlet, GreenletExit, SwitchError, TraceEvent, trace};
 use crate::arch::{self, Context};
 use crate::stack::Stack;
@@ -58,9 +60,9 @@ pub(crate) enum State {
 }
 
 /// The closure of an unstarted greenlet, which lives at the top of its stack.
-struct Start {
-    closure: *mut u8,
-    drop_closure: unsafe fn(*mut u8),
+pub(super) struct Start {
+    pub(super) closure: *mut u8,
+    pub(super) drop_closure: unsafe fn(*mut u8),
 }
 
 /// One greenlet. See the module docs for who owns it.
@@ -75,12 +77,14 @@ pub(crate) struct Record {
     pub(crate) state: Cell<State>,
     /// The type the greenlet's pending switch asks for (its closure's argument type while
     /// unstarted), as a [`type_key`]; see the module docs.
-    awaiting: Cell<*const TypeId>,
+    pub(super) awaiting: Cell<*const TypeId>,
     pub(crate) parent: RefCell<Option<Greenlet>>,
-    start: Cell<Option<Start>>,
+    pub(super) start: Cell<Option<Start>>,
     stack: Cell<Option<Stack>>,
     pub(crate) name: Option<Cow<'static, str>>,
     pub(crate) is_main: bool,
+    /// The bridge's state, for a greenlet made by `async_def` (see [`super::driven`]).
+    pub(super) driven: Option<Driven>,
     /// Main's context (main runs on the thread's own stack); unused by other greenlets.
     thread_context: Context,
 }
@@ -137,6 +141,13 @@ impl RecordRef {
 
     pub(crate) fn count(this: &RecordRef) -> usize {
         this.references.get()
+    }
+}
+
+impl Record {
+    /// How many references the record has.
+    pub(super) fn references(&self) -> usize {
+        self.references.get()
     }
 }
 
@@ -238,6 +249,7 @@ fn current_record_slow(current: *const Record) -> *const Record {
         stack: Cell::new(None),
         name: Some("main".into()),
         is_main: true,
+        driven: None,
         thread_context: Context::for_thread_stack(),
     });
     // `thread_context` never moves (the record is boxed) and lives as long as it.
@@ -270,11 +282,53 @@ pub(crate) fn new_record<A: 'static, B: 'static, F: FnOnce(A) -> B + 'static>(
     parent: Greenlet,
     name: Option<Cow<'static, str>>,
 ) -> RecordRef {
-    // From the top of the stack down: the record, the closure, then the first frame.
+    // SAFETY: `run` is `'static`, so it may run whenever; no slot, no bridge state.
+    unsafe { build_record(stack, run, parent, name, None) }
+}
+
+/// Room reserved below a greenlet's record for a value of `slot`'s layout, and the bridge
+/// state to give the greenlet, for [`build_record`].
+pub(super) struct Extra {
+    pub(super) slot: Layout,
+    pub(super) driven: Driven,
+}
+
+/// [`new_record`] for any closure, optionally with [`Extra`] room and bridge state; the slot's
+/// address goes to the bridge state's `slot`.
+///
+/// # Safety
+///
+/// Whatever `run` borrows must outlive every moment the greenlet can run: the caller makes sure
+/// the greenlet is finished (or never started) before those borrows end.
+pub(super) unsafe fn build_record<A: 'static, B: 'static, F: FnOnce(A) -> B>(
+    stack: Stack,
+    run: F,
+    parent: Greenlet,
+    name: Option<Cow<'static, str>>,
+    extra: Option<Extra>,
+) -> RecordRef {
+    // From the top of the stack down: the record, the slot, the closure, then the first frame.
     let record_align = std::mem::align_of::<Record>().max(16);
     let record_at = (stack.top() as usize - std::mem::size_of::<Record>()) & !(record_align - 1);
+    let slot_at = match &extra {
+        Some(extra) => (record_at - extra.slot.size()) & !(extra.slot.align().max(16) - 1),
+        None => record_at,
+    };
     let closure_align = std::mem::align_of::<F>().max(16);
-    let closure = (record_at - std::mem::size_of::<F>()) & !(closure_align - 1);
+    let closure = (slot_at - std::mem::size_of::<F>()) & !(closure_align - 1);
+    assert!(
+        closure
+            .checked_sub(stack.bottom() as usize)
+            .is_some_and(|room| room >= stack.size() / 2),
+        "awaitlet: a greenlet's closure and result take {} bytes, more than half of its {}-byte \
+         stack; give it a larger stack",
+        stack.top() as usize - closure,
+        stack.size(),
+    );
+    let driven = extra.map(|extra| {
+        extra.driven.slot.set(slot_at as *mut u8);
+        extra.driven
+    });
     // SAFETY: the top of a fresh (or pooled, unused) stack is ours, and aligned for F.
     unsafe { (closure as *mut F).write(run) };
     unsafe fn drop_closure<F>(closure: *mut u8) {
@@ -308,6 +362,7 @@ pub(crate) fn new_record<A: 'static, B: 'static, F: FnOnce(A) -> B + 'static>(
             stack: Cell::new(Some(stack)),
             name,
             is_main: false,
+            driven,
             thread_context: Context::for_thread_stack(),
         });
         RecordRef::from_raw(record_at as *const Record)
@@ -519,7 +574,7 @@ impl Message {
 /// codegen units), which only sends its values down the slow path, where `TypeId`s themselves
 /// are compared.
 #[inline(always)]
-fn type_key<T: 'static>() -> *const TypeId {
+pub(super) fn type_key<T: 'static>() -> *const TypeId {
     const { &TypeId::of::<T>() }
 }
 
@@ -675,7 +730,7 @@ unsafe fn read_value<R>(word: usize) -> R {
 ///
 /// As for [`receive`].
 #[inline(never)]
-unsafe fn receive_out_of_line<R: 'static>(
+pub(super) unsafe fn receive_out_of_line<R: 'static>(
     word: usize,
     origin: *const Record,
     me: *const Record,
@@ -747,7 +802,7 @@ unsafe fn switch_and_receive<R: 'static>(
 ///
 /// As for [`switch_and_receive`].
 #[inline(always)]
-unsafe fn switch_to<R: 'static>(
+pub(super) unsafe fn switch_to<R: 'static>(
     me: *const Record,
     receiver: *const Record,
     word: usize,
@@ -894,7 +949,7 @@ pub(crate) fn kill_abandoned(victim: &Greenlet) {
 }
 
 /// Every greenlet stack starts here, on the first switch into it; `data` is its record.
-unsafe extern "C" fn entry<A: 'static, B: 'static, F: FnOnce(A) -> B + 'static>(
+unsafe extern "C" fn entry<A: 'static, B: 'static, F: FnOnce(A) -> B>(
     word: usize,
     data: *mut (),
     sender: *const Context,

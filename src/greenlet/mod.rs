@@ -128,7 +128,11 @@
 //! [`switch`]: Greenlet::switch
 
 mod core;
+mod driven;
 mod trace;
+
+pub use driven::Cancelled;
+pub(crate) use driven::{DrivenGreenlet, NotAwaited, await_in_driven, in_driven};
 
 use std::any::Any;
 use std::borrow::Cow;
@@ -386,6 +390,10 @@ impl Greenlet {
             ancestor = candidate.parent();
         }
         *self.record.parent.borrow_mut() = Some(parent.clone());
+        if let Some(driven) = &self.record.driven {
+            // The next poll makes its poller the parent again (rule 79).
+            driven.parented.set(std::ptr::null());
+        }
         Ok(())
     }
 

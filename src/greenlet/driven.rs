@@ -1,0 +1,511 @@
+//! Greenlets driven by a future: the unsafe core under `async_def` and `awaitlet`.
+//!
+//! A driven greenlet is an ordinary greenlet (it has a record, a parent, a place in the tree,
+//! and `getcurrent()` names it while it runs) whose closure is the user's `f`, and whose
+//! switches with its *poller* (the greenlet that polls its future, usually main) follow a
+//! fixed protocol, cheaper than a general switch because both ends know what crosses:
+//!
+//! ```text
+//!   poller's stack (executor)                 driven greenlet's stack
+//!   | executor: poll(task)        |           | record, outcome slot     | <- top
+//!   | AsyncDef::poll(cx)          |           | f()                      |
+//!   |   cx, poller -> record      |           |   ... plain sync calls   |
+//!   |   switch ---------------------------->  |   awaitlet(fut)          |
+//!   |                             |           |     fut.poll(cx): Pending|
+//!   |   <- returns Poll::Pending  <-------------- switch to the poller    |
+//!   | (executor runs other tasks) |           | (suspended)              |
+//!   | AsyncDef::poll(cx')         |           |                          |
+//!   |   switch ---------------------------->  |     fut.poll(cx'): Ready |
+//!   |                             |           |   ... f goes on, returns |
+//!   |   <- outcome from the slot  <-------------- final switch           |
+//! ```
+//!
+//! Nothing crosses a switch but the zero word: the poller leaves `cx` in the greenlet's
+//! [`Driven`] state before switching in and clears it when it is back, so `awaitlet` polls with
+//! the context of the poll in progress and never with a stale one. `f`'s result (or panic) is
+//! written to a slot on the greenlet's own stack, beside its record, where the poller reads it
+//! after the final switch.
+//!
+//! # Cancellation
+//!
+//! Dropping the future of a started, unfinished greenlet throws [`Cancelled`] into it, with the
+//! dropping greenlet as its parent, and repeats that until it is dead, so `drop` returns only
+//! once `f`'s stack has unwound: its frames borrow from the dropping code (`f` need not be
+//! `'static`), so it must never run again. While cancelled, `awaitlet` raises `Cancelled` at
+//! once instead of waiting.
+//!
+//! # Misuse that the protocol refuses
+//!
+//! Only the driven greenlet may resume a poller in the middle of a poll. A greenlet switch that
+//! resumes the poller otherwise (from a child greenlet of `f`, say) makes the poll panic, and
+//! later polls panic too while the driven greenlet is suspended anywhere but in `awaitlet`. If
+//! the driven greenlet was inside a future's `poll` at that moment, with the poller's `cx` in
+//! hand, the poll cannot return at all (the `cx` would dangle): the process aborts with a
+//! message. `awaitlet` inside a future that `awaitlet` is polling is refused, as in Python
+//! (rule 73), for the same reason.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::pin::{Pin, pin};
+use std::ptr;
+use std::task::{Context, Poll};
+
+use super::core::{
+    Extra, Payload, Record, RecordRef, State, build_record, current_record, handle_from_raw,
+    receive_out_of_line, switch_to, transfer_raw, type_key,
+};
+use super::{Greenlet, getcurrent, trace};
+use crate::stack::{Stack, StackError};
+
+/// The panic payload raised inside an `async_def` closure, at its `awaitlet` call, when its
+/// future is dropped before it finished. Caught by nothing, it unwinds the closure's stack so
+/// that every destructor on it runs; see the [bridge docs](crate::bridge#cancellation).
+///
+/// ```
+/// use awaitlet::{Cancelled, async_def, awaitlet};
+///
+/// let mut future = Box::pin(async_def(|| {
+///     let outcome = std::panic::catch_unwind(|| awaitlet(std::future::pending::<()>()));
+///     // The future was dropped while waiting: the wait ended in `Cancelled`.
+///     assert!(outcome.unwrap_err().is::<Cancelled>());
+/// }));
+/// let waker = std::task::Waker::noop();
+/// assert!(future.as_mut().poll(&mut std::task::Context::from_waker(waker)).is_pending());
+/// drop(future); // raises Cancelled in the closure and waits for it to finish
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cancelled;
+
+impl std::fmt::Display for Cancelled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the async_def future was dropped while its function was waiting")
+    }
+}
+
+impl std::error::Error for Cancelled {}
+
+/// What a poller hands its driven greenlet (nothing: the poll's context is in [`Driven`]).
+pub(super) struct Resume;
+
+/// What a driven greenlet hands its poller: it suspended, or (if it is now dead) it finished.
+pub(super) struct Yielded;
+
+/// What `f` came to: its value or its panic; `None` until it finishes.
+type Outcome<R> = Option<std::thread::Result<R>>;
+
+/// A driven greenlet's part of its record.
+pub(crate) struct Driven {
+    /// The outcome slot, on the greenlet's stack just below its record.
+    pub(super) slot: Cell<*mut u8>,
+    /// The greenlet polling this one's future, while a poll is in progress.
+    poller: Cell<*const Record>,
+    /// That poll's `Context`, while a poll is in progress.
+    cx: Cell<*mut ()>,
+    /// The poller last made this greenlet's parent; null once `set_parent` changed it.
+    pub(super) parented: Cell<*const Record>,
+    /// True while `awaitlet` is inside a future's `poll`, holding `cx`.
+    polling: Cell<bool>,
+    cancelled: Cell<bool>,
+    /// True once `awaitlet` suspended (for `assert_await_occurs`).
+    awaited: Cell<bool>,
+}
+
+impl Driven {
+    fn new() -> Driven {
+        Driven {
+            slot: Cell::new(ptr::null_mut()),
+            poller: Cell::new(ptr::null()),
+            cx: Cell::new(ptr::null_mut()),
+            parented: Cell::new(ptr::null()),
+            polling: Cell::new(false),
+            cancelled: Cell::new(false),
+            awaited: Cell::new(false),
+        }
+    }
+}
+
+/// The bridge state of a driven greenlet's record.
+fn driven_state(record: &Record) -> &Driven {
+    record
+        .driven
+        .as_ref()
+        .expect("a driven greenlet has bridge state")
+}
+
+/// Builds a driven greenlet's record anew on `stack`, moving an unstarted one's closure there.
+type Rebuild = unsafe fn(&RecordRef, Stack) -> RecordRef;
+
+/// A greenlet running `f`, and the right to poll it: the unsafe half of `AsyncDef`.
+pub(crate) struct DrivenGreenlet<'a, R> {
+    record: RecordRef,
+    rebuild: Rebuild,
+    /// `f` borrows for `'a`; `R` may too. Also makes the type `!Send` and `!Sync`.
+    _borrows: PhantomData<(&'a (), *mut R)>,
+}
+
+impl<'a, R> DrivenGreenlet<'a, R> {
+    /// An unstarted greenlet that will run `f` on a stack of `stack_size` bytes, child of the
+    /// running greenlet until it is first polled.
+    pub(crate) fn new<F: FnOnce() -> R + 'a>(
+        f: F,
+        stack_size: usize,
+    ) -> Result<DrivenGreenlet<'a, R>, StackError> {
+        let stack = Stack::new(stack_size)?;
+        let run = move |_: Resume| {
+            let outcome = catch_unwind(AssertUnwindSafe(f));
+            let me = current_record();
+            // SAFETY: we run, so our record is alive; its slot was made for an `Outcome<R>` and
+            // initialised to `None`, which needs no drop.
+            unsafe { (driven_state(&*me).slot.get() as *mut Outcome<R>).write(Some(outcome)) };
+            Yielded
+        };
+        let rebuild = rebuilder::<R, _>(&run);
+        // SAFETY: the greenlet never runs once `'a` may have ended: `DrivenGreenlet`'s drop
+        // finishes it first (see the module docs), and `'a` outlives the `DrivenGreenlet`.
+        let record = unsafe { build::<R, _>(stack, run, getcurrent()) };
+        Ok(DrivenGreenlet {
+            record,
+            rebuild,
+            _borrows: PhantomData,
+        })
+    }
+
+    /// Moves the unstarted greenlet to a stack of `stack_size` bytes.
+    ///
+    /// # Panics
+    ///
+    /// If the greenlet has started.
+    pub(crate) fn resize(&mut self, stack_size: usize) -> Result<(), StackError> {
+        assert!(
+            self.record.state.get() == State::Unstarted,
+            "awaitlet: the stack size of an async_def can only be set before it is first polled"
+        );
+        let stack = Stack::new(stack_size)?;
+        // SAFETY: `rebuild` was made for this greenlet's closure and outcome types, and the
+        // greenlet is unstarted.
+        self.record = unsafe { (self.rebuild)(&self.record, stack) };
+        Ok(())
+    }
+
+    /// True once `f` suspended in `awaitlet`.
+    pub(crate) fn awaited(&self) -> bool {
+        driven_state(&self.record).awaited.get()
+    }
+
+    /// Runs `f` until it waits on a pending future (`Pending`) or finishes (`Ready`).
+    ///
+    /// # Panics
+    ///
+    /// Resumes `f`'s panic; panics when polled after finishing, and on the misuse described
+    /// in the module docs.
+    #[inline(always)]
+    pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<R> {
+        let me = current_record();
+        let target = RecordRef::as_ptr(&self.record);
+        let record = &*self.record;
+        let driven = driven_state(record);
+        let resumable = record.state.get() != State::Dead
+            && record.awaiting.get() == type_key::<Resume>()
+            && driven.parented.get() == me
+            && driven.poller.get().is_null();
+        if !resumable && let Some(finished) = self.prepare(me) {
+            return finished;
+        }
+        driven.cx.set(cx as *mut Context<'_> as *mut ());
+        driven.poller.set(me);
+        // SAFETY: `me` runs; the target is unstarted or suspended in `awaitlet`, awaiting a
+        // `Resume` (a zero-sized value: word 0), and our record reference keeps it alive.
+        let (word, origin) = unsafe { switch_to::<Yielded>(me, target, 0) };
+        driven.poller.set(ptr::null());
+        driven.cx.set(ptr::null_mut());
+        if word == 0 && origin == target && record.state.get() == State::Active && !trace::is_set()
+        {
+            return Poll::Pending;
+        }
+        self.resumed(word, origin, me)
+    }
+
+    /// Readies a poll that the fast path cannot start; returns the outcome if `f` is finished.
+    #[cold]
+    fn prepare(&self, me: *const Record) -> Option<Poll<R>> {
+        let record = &*self.record;
+        let driven = driven_state(record);
+        if record.state.get() == State::Dead {
+            return Some(self.take_outcome());
+        }
+        assert!(
+            RecordRef::as_ptr(&self.record) != me && driven.poller.get().is_null(),
+            "awaitlet: an AsyncDef was polled from inside its own function"
+        );
+        assert!(
+            record.awaiting.get() == type_key::<Resume>(),
+            "awaitlet: an AsyncDef cannot be polled: its function is suspended in a greenlet \
+             switch, not in awaitlet (something other than the AsyncDef resumed the greenlet \
+             polling it)"
+        );
+        if driven.parented.get() != me {
+            // SAFETY: the running greenlet is alive.
+            let poller = unsafe { handle_from_raw(me) };
+            let mut ancestor = Some(poller.clone());
+            while let Some(candidate) = ancestor {
+                assert!(
+                    RecordRef::as_ptr(&candidate.record) != RecordRef::as_ptr(&self.record),
+                    "awaitlet: an AsyncDef was polled from a greenlet its own function started"
+                );
+                ancestor = candidate.parent();
+            }
+            // Rule 79: the greenlet's parent is the one driving it.
+            *record.parent.borrow_mut() = Some(poller);
+            driven.parented.set(me);
+        }
+        None
+    }
+
+    /// The poller is back by some other way than a plain suspension: a trace hook, `f`
+    /// finishing, a panic, or misuse.
+    #[inline(never)]
+    fn resumed(&mut self, word: usize, origin: *const Record, me: *const Record) -> Poll<R> {
+        let target = RecordRef::as_ptr(&self.record);
+        let driven = driven_state(&self.record);
+        if origin != target && driven.polling.get() {
+            eprintln!(
+                "awaitlet: a greenlet switch resumed the greenlet polling an AsyncDef while \
+                 the AsyncDef's function was inside a future's poll, holding that poll's \
+                 context; the poll can neither return nor go on: aborting"
+            );
+            std::process::abort();
+        }
+        // SAFETY: `word` is what `origin`'s switch handed over, untouched; we await `Yielded`.
+        match unsafe { receive_out_of_line::<Yielded>(word, origin, me) } {
+            Ok(Yielded) if origin == target => {}
+            Ok(Yielded) => panic!(
+                "awaitlet: the greenlet polling an AsyncDef was resumed by another greenlet's \
+                 end, not by the AsyncDef's function"
+            ),
+            Err(Ok(panic)) => resume_unwind(panic),
+            Err(Err(error)) => panic!(
+                "awaitlet: the greenlet polling an AsyncDef was resumed by a greenlet switch, \
+                 not by the AsyncDef's function: {error}"
+            ),
+        }
+        if self.record.state.get() == State::Dead {
+            self.take_outcome()
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// `f`'s outcome, once: its value, or its panic resumed.
+    fn take_outcome(&self) -> Poll<R> {
+        // SAFETY: the slot was made for an `Outcome<R>`; the record keeps it alive.
+        let outcome = unsafe { (*self.slot()).take() };
+        match outcome {
+            Some(Ok(value)) => Poll::Ready(value),
+            Some(Err(panic)) => resume_unwind(panic),
+            None => panic!("awaitlet: an AsyncDef was polled after it completed"),
+        }
+    }
+
+    fn slot(&self) -> *mut Outcome<R> {
+        driven_state(&self.record).slot.get() as *mut Outcome<R>
+    }
+}
+
+impl<R> Drop for DrivenGreenlet<'_, R> {
+    fn drop(&mut self) {
+        if self.record.state.get() == State::Active {
+            cancel(&self.record);
+        }
+        // SAFETY: the greenlet is unstarted (the slot holds `None`) or dead; nothing else reads
+        // the slot.
+        drop(unsafe { (*self.slot()).take() });
+    }
+}
+
+/// Finishes a started driven greenlet by throwing [`Cancelled`] into it until it is dead.
+#[cold]
+fn cancel(record: &RecordRef) {
+    if RecordRef::as_ptr(record) == current_record() {
+        eprintln!(
+            "awaitlet: an AsyncDef was dropped by its own function while it ran; its frames \
+             borrow what the drop may free, so it can neither go on nor unwind: aborting"
+        );
+        std::process::abort();
+    }
+    let driven = driven_state(record);
+    driven.cancelled.set(true);
+    // SAFETY: `record` is alive (the caller's reference).
+    let victim = unsafe { handle_from_raw(RecordRef::as_ptr(record)) };
+    let original_parent = record.parent.replace(Some(getcurrent()));
+    while record.state.get() != State::Dead {
+        let cancel = Payload::Panic(Box::new(Cancelled));
+        if let Err(Ok(panic)) = transfer_raw::<Yielded>(&victim, cancel) {
+            // A drop must not panic: report and go on cancelling.
+            drop(panic);
+            eprintln!(
+                "awaitlet: a panic reached the greenlet dropping an AsyncDef; it was discarded"
+            );
+        }
+    }
+    *record.parent.borrow_mut() = original_parent;
+    driven.parented.set(ptr::null());
+    drop(victim);
+}
+
+/// Builds a driven greenlet's record for `run` on `stack`.
+///
+/// # Safety
+///
+/// As for [`build_record`].
+unsafe fn build<R, W: FnOnce(Resume) -> Yielded>(
+    stack: Stack,
+    run: W,
+    parent: Greenlet,
+) -> RecordRef {
+    let extra = Extra {
+        slot: std::alloc::Layout::new::<Outcome<R>>(),
+        driven: Driven::new(),
+    };
+    // SAFETY: the caller's contract.
+    let record = unsafe { build_record::<Resume, Yielded, W>(stack, run, parent, None, Some(extra)) };
+    // SAFETY: the slot is reserved for an `Outcome<R>`, uninitialised until now.
+    unsafe { (driven_state(&record).slot.get() as *mut Outcome<R>).write(None) };
+    record
+}
+
+/// The [`Rebuild`] for greenlets whose closure has type `W` and whose outcome is an `R`.
+fn rebuilder<R, W: FnOnce(Resume) -> Yielded>(_: &W) -> Rebuild {
+    rebuild::<R, W>
+}
+
+/// # Safety
+///
+/// `old` must be an unstarted driven greenlet whose closure is a `W` and outcome an `R`, with
+/// no reference but the caller's.
+unsafe fn rebuild<R, W: FnOnce(Resume) -> Yielded>(old: &RecordRef, stack: Stack) -> RecordRef {
+    let start = old.start.take().expect("an unstarted greenlet has its closure");
+    // SAFETY: the closure is a `W`, never moved out; `old` no longer owns it (its start is
+    // gone), so it is moved exactly once.
+    let run = unsafe { ptr::read(start.closure as *mut W) };
+    let parent = old.parent.borrow().clone().expect("a greenlet has a parent");
+    // SAFETY: the caller's contract carries over to the same closure.
+    unsafe { build::<R, W>(stack, run, parent) }
+}
+
+/// True when the running greenlet is a driven one (`f` of an `async_def`, or code it calls).
+pub(crate) fn in_driven() -> bool {
+    // SAFETY: the running greenlet's record is alive.
+    unsafe { (*current_record()).driven.is_some() }
+}
+
+/// Why [`await_in_driven`] did not wait (the future is dropped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NotAwaited {
+    /// Not in a driven greenlet, or inside a future that `awaitlet` is polling.
+    NoContext,
+    /// The greenlet's future was dropped, and this future was not ready at once.
+    Cancelled,
+}
+
+/// Waits for `fut` inside the running driven greenlet: polls it with its poller's context and
+/// suspends to the poller while it is pending.
+///
+/// Once the greenlet is cancelled, `fut` is polled once with a waker that does nothing: a
+/// future ready at once still gives its value (cleanup that need not wait still runs), a
+/// pending one gives [`NotAwaited::Cancelled`].
+///
+/// # Panics
+///
+/// Resumes a panic from `fut`, or one thrown into the greenlet while it waits; panics when the
+/// greenlet runs outside its future's poll (resumed by a greenlet switch).
+#[inline(always)]
+pub(crate) fn await_in_driven<F: Future>(fut: F) -> Result<F::Output, NotAwaited> {
+    let me = current_record();
+    // SAFETY: the running greenlet's record is alive as long as it runs.
+    let Some(driven) = (unsafe { (*me).driven.as_ref() }) else {
+        return Err(NotAwaited::NoContext);
+    };
+    if driven.polling.get() {
+        return Err(NotAwaited::NoContext);
+    }
+    let mut fut = pin!(fut);
+    loop {
+        let cx = driven.cx.get();
+        if cx.is_null() {
+            return outside_poll(driven, fut);
+        }
+        let polling = PollingGuard::enter(driven);
+        // SAFETY: a non-null `cx` is the poll in progress's, valid until its poller is back,
+        // which (see `DrivenGreenlet::resumed`) cannot happen while `polling` is set.
+        let polled = fut.as_mut().poll(unsafe { &mut *(cx as *mut Context<'_>) });
+        drop(polling);
+        if let Poll::Ready(output) = polled {
+            return Ok(output);
+        }
+        driven.awaited.set(true);
+        let poller = driven.poller.get();
+        // SAFETY: we run; the poller is suspended in `DrivenGreenlet::poll`, awaiting a
+        // `Yielded` (zero-sized: word 0), alive while it polls us.
+        let (word, origin) = unsafe { switch_to::<Resume>(me, poller, 0) };
+        // SAFETY: the sender is alive (it just switched); its state and count are only read.
+        let plain = word == 0
+            && origin == driven.poller.get()
+            && !trace::is_set()
+            && unsafe { (*origin).is_main || (*origin).references() != 1 };
+        if !plain {
+            // SAFETY: `word` is untouched; we await a `Resume`.
+            resumed_otherwise(unsafe { receive_out_of_line::<Resume>(word, origin, me) });
+        }
+    }
+}
+
+/// Marks `awaitlet` as inside a future's `poll` until dropped (also by a panic from the poll).
+struct PollingGuard<'driven>(&'driven Driven);
+
+impl PollingGuard<'_> {
+    #[inline(always)]
+    fn enter(driven: &Driven) -> PollingGuard<'_> {
+        driven.polling.set(true);
+        PollingGuard(driven)
+    }
+}
+
+impl Drop for PollingGuard<'_> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        self.0.polling.set(false);
+    }
+}
+
+/// Raises what a waiting `awaitlet` received instead of a plain resumption.
+#[cold]
+fn resumed_otherwise(received: super::core::Received<Resume>) {
+    match received {
+        Ok(Resume) => {}
+        Err(Ok(panic)) => resume_unwind(panic),
+        Err(Err(error)) => panic!(
+            "awaitlet: a greenlet waiting in awaitlet was resumed by a greenlet switch instead \
+             of its AsyncDef's poll: {error}"
+        ),
+    }
+}
+
+/// `awaitlet` runs while no poll is in progress: cancelled, or resumed by a greenlet switch.
+#[cold]
+fn outside_poll<F: Future>(driven: &Driven, fut: Pin<&mut F>) -> Result<F::Output, NotAwaited> {
+    if driven.cancelled.get() {
+        let polling = PollingGuard::enter(driven);
+        let polled = fut.poll(&mut Context::from_waker(std::task::Waker::noop()));
+        drop(polling);
+        return match polled {
+            Poll::Ready(output) => Ok(output),
+            Poll::Pending => Err(NotAwaited::Cancelled),
+        };
+    }
+    panic!(
+        "awaitlet: awaitlet was called while its AsyncDef is not being polled (the greenlet was \
+         resumed by a greenlet switch)"
+    )
+}
