@@ -66,9 +66,14 @@
 //!
 //! - `f` returns normally: its value is dropped, nobody is waiting for it (rule 88 completes
 //!   the task with it; here the future is gone).
-//! - `f` calls `awaitlet` again: `Cancelled` is raised again at once, without polling the
-//!   future. Unlike Python (rule 88), a cancelled function cannot wait any more: nothing polls
-//!   it, and its frames borrow from the code that dropped it.
+//! - `f` calls `awaitlet` again: the future is polled once, with a waker that does nothing. If
+//!   it is ready at once, `awaitlet` returns its value (cleanup that need not wait still runs,
+//!   as in rule 88's `finally`); if not, `Cancelled` is raised again and the future dropped. A
+//!   cancelled function cannot really wait any more: nothing polls it, and its frames borrow
+//!   from the code that dropped it. [`try_awaitlet`] returns `Err(NoAwaitletContext)` there
+//!   instead of raising, which is what a destructor should use: raising while `Cancelled`
+//!   unwinds would be a panic during a panic, so `awaitlet` aborts the process in that case,
+//!   with a message.
 //! - `f` switches to another greenlet: when control comes back to the dropping code,
 //!   `Cancelled` is thrown into `f` again, until `f` has finished. `drop` never returns while
 //!   `f`'s frames exist.

@@ -78,6 +78,9 @@ pub(crate) struct Record {
     /// The type the greenlet's pending switch asks for (its closure's argument type while
     /// unstarted), as a [`type_key`]; see the module docs.
     pub(super) awaiting: Cell<*const TypeId>,
+    /// The `Context` of the poll in progress, for a driven greenlet that may poll a future
+    /// with it now (see [`super::driven`]); null otherwise, and always for other greenlets.
+    pub(super) await_cx: Cell<*mut ()>,
     pub(crate) parent: RefCell<Option<Greenlet>>,
     pub(super) start: Cell<Option<Start>>,
     stack: Cell<Option<Stack>>,
@@ -244,6 +247,7 @@ fn current_record_slow(current: *const Record) -> *const Record {
         context: Cell::new(NonNull::dangling()),
         state: Cell::new(State::Active),
         awaiting: Cell::new(type_key::<()>()),
+        await_cx: Cell::new(std::ptr::null_mut()),
         parent: RefCell::new(None),
         start: Cell::new(None),
         stack: Cell::new(None),
@@ -282,8 +286,8 @@ pub(crate) fn new_record<A: 'static, B: 'static, F: FnOnce(A) -> B + 'static>(
     parent: Greenlet,
     name: Option<Cow<'static, str>>,
 ) -> RecordRef {
-    // SAFETY: `run` is `'static`, so it may run whenever; no slot, no bridge state.
-    unsafe { build_record(stack, run, parent, name, None) }
+    // SAFETY: `run` is `'static`, so it may run whenever; `entry` takes an `A` and runs an `F`.
+    unsafe { build_record::<A, F>(stack, run, entry::<A, B, F>, parent, name, None) }
 }
 
 /// Room reserved below a greenlet's record for a value of `slot`'s layout, and the bridge
@@ -293,16 +297,18 @@ pub(super) struct Extra {
     pub(super) driven: Driven,
 }
 
-/// [`new_record`] for any closure, optionally with [`Extra`] room and bridge state; the slot's
-/// address goes to the bridge state's `slot`.
+/// [`new_record`] for any closure and entry function, optionally with [`Extra`] room and bridge
+/// state; the slot's address goes to the bridge state's `slot`.
 ///
 /// # Safety
 ///
+/// `entry_fn` must start a greenlet whose closure is an `F` and whose first value is an `A`.
 /// Whatever `run` borrows must outlive every moment the greenlet can run: the caller makes sure
 /// the greenlet is finished (or never started) before those borrows end.
-pub(super) unsafe fn build_record<A: 'static, B: 'static, F: FnOnce(A) -> B>(
+pub(super) unsafe fn build_record<A: 'static, F>(
     stack: Stack,
     run: F,
+    entry_fn: arch::EntryFn,
     parent: Greenlet,
     name: Option<Cow<'static, str>>,
     extra: Option<Extra>,
@@ -342,7 +348,7 @@ pub(super) unsafe fn build_record<A: 'static, B: 'static, F: FnOnce(A) -> B>(
         arch::init(
             closure as *mut u8,
             stack.bottom(),
-            entry::<A, B, F>,
+            entry_fn,
             record_at as *mut (),
         )
     };
@@ -354,6 +360,7 @@ pub(super) unsafe fn build_record<A: 'static, B: 'static, F: FnOnce(A) -> B>(
             context: Cell::new(context),
             state: Cell::new(State::Unstarted),
             awaiting: Cell::new(type_key::<A>()),
+            await_cx: Cell::new(std::ptr::null_mut()),
             parent: RefCell::new(Some(parent)),
             start: Cell::new(Some(Start {
                 closure: closure as *mut u8,
@@ -880,6 +887,22 @@ fn settle<R>(
     }
 }
 
+/// Drops the self-reference a finished greenlet handed over with its final switch, when another
+/// reference is known to remain (so nothing is freed).
+///
+/// # Safety
+///
+/// As for [`release_finished`], and another reference to `record` must exist.
+#[inline(always)]
+pub(super) unsafe fn release_finished_held(record: *const Record) {
+    // SAFETY: the caller's contract: the record is alive and keeps a reference after this one.
+    unsafe {
+        let references = &(*record).references;
+        debug_assert!(references.get() > 1);
+        references.set(references.get() - 1);
+    }
+}
+
 /// Drops the self-reference a finished greenlet handed over with its final switch.
 ///
 /// # Safety
@@ -954,6 +977,35 @@ unsafe extern "C" fn entry<A: 'static, B: 'static, F: FnOnce(A) -> B>(
     data: *mut (),
     sender: *const Context,
 ) -> ! {
+    // SAFETY: the contract of every entry function: `data` is our record, `word` and `sender`
+    // what the starting switch handed over.
+    let (me, start, argument) = unsafe { begin::<A>(word, data, sender) };
+    let outcome = match argument {
+        Ok(argument) => {
+            // SAFETY: the closure was written by `build_record` and is moved out exactly once.
+            let run = unsafe { std::ptr::read(start.closure as *mut F) };
+            catch_unwind(AssertUnwindSafe(move || run(argument)))
+        }
+        // SAFETY: the closure was never moved out.
+        Err(panic) => Err(unsafe { refuse_start(start, panic) }),
+    };
+    finish(me, outcome)
+}
+
+/// The start of a greenlet, in its entry function: takes its self-reference, makes it the
+/// running greenlet, takes its closure and receives its argument. A trace hook's panic comes
+/// back as `Err`.
+///
+/// # Safety
+///
+/// `data` must be the starting greenlet's record and `word`, `sender` what the switch that
+/// starts it handed over, with a value of type `A`.
+#[inline(always)]
+pub(super) unsafe fn begin<A: 'static>(
+    word: usize,
+    data: *mut (),
+    sender: *const Context,
+) -> (Greenlet, Start, Result<A, Box<dyn Any + Send>>) {
     let me_pointer = data as *const Record;
     // Our self-reference. The greenlet that started us holds a reference until we switch back.
     // SAFETY: as above.
@@ -968,25 +1020,34 @@ unsafe extern "C" fn entry<A: 'static, B: 'static, F: FnOnce(A) -> B>(
         .take()
         .expect("a starting greenlet has its closure");
     // SAFETY: whoever started us checked that the value is an `A` (`accepts_fast`, `resolve`).
-    let argument = unsafe { receive::<A>(word, origin, me_pointer) };
-    let outcome = match argument {
-        Ok(argument) => {
-            // SAFETY: the closure was written by `new_record` and is moved out exactly once.
-            let run = unsafe { std::ptr::read(start.closure as *mut F) };
-            catch_unwind(AssertUnwindSafe(move || run(argument)))
-        }
-        Err(failure) => {
-            // SAFETY: the closure was never moved out; it is dropped once, here.
-            unsafe { (start.drop_closure)(start.closure) };
-            match failure {
-                // Rule 66: a trace hook that panicked on our start: we die of that panic.
-                Ok(panic) => Err(panic),
-                Err(_) => {
-                    unreachable!("a greenlet is only started with a value of its argument type")
-                }
-            }
-        }
+    let argument = match unsafe { receive::<A>(word, origin, me_pointer) } {
+        Ok(argument) => Ok(argument),
+        // Rule 66: a trace hook that panicked on our start: we die of that panic.
+        Err(Ok(panic)) => Err(panic),
+        Err(Err(_)) => unreachable!("a greenlet is only started with a value of its argument type"),
     };
+    (me, start, argument)
+}
+
+/// Drops the closure of a greenlet that dies of `panic` before running; returns the panic.
+///
+/// # Safety
+///
+/// The closure must never have been moved out.
+#[cold]
+pub(super) unsafe fn refuse_start(
+    start: Start,
+    panic: Box<dyn Any + Send>,
+) -> Box<dyn Any + Send> {
+    // SAFETY: the caller's contract; the closure is dropped once, here.
+    unsafe { (start.drop_closure)(start.closure) };
+    panic
+}
+
+/// The end of a greenlet, in its entry function: it is dead, and `outcome` goes to its parent
+/// with the final switch away from its stack.
+pub(super) fn finish<B: 'static>(me: Greenlet, outcome: std::thread::Result<B>) -> ! {
+    let me_pointer = RecordRef::as_ptr(&me.record);
     me.record.state.set(State::Dead);
     let parent = me
         .record
@@ -1017,11 +1078,24 @@ unsafe extern "C" fn entry<A: 'static, B: 'static, F: FnOnce(A) -> B>(
         Err(panic) => deliver_from_finished(&parent, Payload::Panic(panic), &mut message),
     };
     drop(parent);
-    // The receiver adopts our self-reference when it sees us dead (see `settle`).
+    // SAFETY: see `final_switch`; what `word` points at stays in this frame, which is never
+    // unwound, until the receiver has taken it.
+    unsafe { final_switch(me, word, receiver) }
+}
+
+/// The last switch away from a finished greenlet's stack, handing its self-reference to the
+/// receiver, which adopts it when it sees the sender dead (see `settle`).
+///
+/// # Safety
+///
+/// `me` must be the running, finished greenlet's self-reference; `receiver` must be kept alive
+/// by `me`'s parent chain and await what `word` carries.
+#[inline(always)]
+pub(super) unsafe fn final_switch(me: Greenlet, word: usize, receiver: *const Record) -> ! {
+    let me_pointer = RecordRef::as_ptr(&me.record);
     std::mem::forget(me);
-    // SAFETY: `receiver` is kept alive by our parent chain, which our record (kept alive by the
-    // self-reference just handed over) holds; what `word` points at stays in this frame, which
-    // is never unwound, until the receiver has taken it.
+    // SAFETY: the caller's contract; our record is kept alive by the self-reference just
+    // handed over.
     unsafe {
         arch::switch_final(
             word,

@@ -53,8 +53,9 @@ use std::ptr;
 use std::task::{Context, Poll};
 
 use super::core::{
-    Extra, Payload, Record, RecordRef, State, build_record, current_record, handle_from_raw,
-    receive_out_of_line, switch_to, transfer_raw, type_key,
+    Extra, Payload, Record, RecordRef, State, begin, build_record, current_record, final_switch,
+    finish, handle_from_raw, receive_out_of_line, refuse_start, release_finished_held, switch_to,
+    transfer_raw, type_key,
 };
 use super::{Greenlet, getcurrent, trace};
 use crate::stack::{Stack, StackError};
@@ -101,12 +102,8 @@ pub(crate) struct Driven {
     pub(super) slot: Cell<*mut u8>,
     /// The greenlet polling this one's future, while a poll is in progress.
     poller: Cell<*const Record>,
-    /// That poll's `Context`, while a poll is in progress.
-    cx: Cell<*mut ()>,
     /// The poller last made this greenlet's parent; null once `set_parent` changed it.
     pub(super) parented: Cell<*const Record>,
-    /// True while `awaitlet` is inside a future's `poll`, holding `cx`.
-    polling: Cell<bool>,
     cancelled: Cell<bool>,
     /// True once `awaitlet` suspended (for `assert_await_occurs`).
     awaited: Cell<bool>,
@@ -117,9 +114,7 @@ impl Driven {
         Driven {
             slot: Cell::new(ptr::null_mut()),
             poller: Cell::new(ptr::null()),
-            cx: Cell::new(ptr::null_mut()),
             parented: Cell::new(ptr::null()),
-            polling: Cell::new(false),
             cancelled: Cell::new(false),
             awaited: Cell::new(false),
         }
@@ -127,6 +122,7 @@ impl Driven {
 }
 
 /// The bridge state of a driven greenlet's record.
+#[inline(always)]
 fn driven_state(record: &Record) -> &Driven {
     record
         .driven
@@ -153,21 +149,12 @@ impl<'a, R> DrivenGreenlet<'a, R> {
         stack_size: usize,
     ) -> Result<DrivenGreenlet<'a, R>, StackError> {
         let stack = Stack::new(stack_size)?;
-        let run = move |_: Resume| {
-            let outcome = catch_unwind(AssertUnwindSafe(f));
-            let me = current_record();
-            // SAFETY: we run, so our record is alive; its slot was made for an `Outcome<R>` and
-            // initialised to `None`, which needs no drop.
-            unsafe { (driven_state(&*me).slot.get() as *mut Outcome<R>).write(Some(outcome)) };
-            Yielded
-        };
-        let rebuild = rebuilder::<R, _>(&run);
         // SAFETY: the greenlet never runs once `'a` may have ended: `DrivenGreenlet`'s drop
         // finishes it first (see the module docs), and `'a` outlives the `DrivenGreenlet`.
-        let record = unsafe { build::<R, _>(stack, run, getcurrent()) };
+        let record = unsafe { build::<R, F>(stack, f, getcurrent()) };
         Ok(DrivenGreenlet {
             record,
-            rebuild,
+            rebuild: rebuild::<R, F>,
             _borrows: PhantomData,
         })
     }
@@ -213,18 +200,24 @@ impl<'a, R> DrivenGreenlet<'a, R> {
         if !resumable && let Some(finished) = self.prepare(me) {
             return finished;
         }
-        driven.cx.set(cx as *mut Context<'_> as *mut ());
+        record.await_cx.set(cx as *mut Context<'_> as *mut ());
         driven.poller.set(me);
         // SAFETY: `me` runs; the target is unstarted or suspended in `awaitlet`, awaiting a
         // `Resume` (a zero-sized value: word 0), and our record reference keeps it alive.
         let (word, origin) = unsafe { switch_to::<Yielded>(me, target, 0) };
         driven.poller.set(ptr::null());
-        driven.cx.set(ptr::null_mut());
-        if word == 0 && origin == target && record.state.get() == State::Active && !trace::is_set()
-        {
-            return Poll::Pending;
+        // Taken (null) while the greenlet is inside a future's poll with it.
+        let cx_in_use = record.await_cx.replace(ptr::null_mut()).is_null();
+        if word == 0 && origin == target && !trace::is_set() {
+            if record.state.get() == State::Active {
+                return Poll::Pending;
+            }
+            // SAFETY: it finished: its final switch handed us its self-reference, and ours
+            // remains.
+            unsafe { release_finished_held(origin) };
+            return self.take_outcome();
         }
-        self.resumed(word, origin, me)
+        self.resumed(word, origin, me, cx_in_use)
     }
 
     /// Readies a poll that the fast path cannot start; returns the outcome if `f` is finished.
@@ -266,10 +259,15 @@ impl<'a, R> DrivenGreenlet<'a, R> {
     /// The poller is back by some other way than a plain suspension: a trace hook, `f`
     /// finishing, a panic, or misuse.
     #[inline(never)]
-    fn resumed(&mut self, word: usize, origin: *const Record, me: *const Record) -> Poll<R> {
+    fn resumed(
+        &mut self,
+        word: usize,
+        origin: *const Record,
+        me: *const Record,
+        cx_in_use: bool,
+    ) -> Poll<R> {
         let target = RecordRef::as_ptr(&self.record);
-        let driven = driven_state(&self.record);
-        if origin != target && driven.polling.get() {
+        if origin != target && cx_in_use {
             eprintln!(
                 "awaitlet: a greenlet switch resumed the greenlet polling an AsyncDef while \
                  the AsyncDef's function was inside a future's poll, holding that poll's \
@@ -354,44 +352,73 @@ fn cancel(record: &RecordRef) {
     drop(victim);
 }
 
-/// Builds a driven greenlet's record for `run` on `stack`.
+/// Builds a driven greenlet's record for `f` on `stack`.
 ///
 /// # Safety
 ///
-/// As for [`build_record`].
-unsafe fn build<R, W: FnOnce(Resume) -> Yielded>(
-    stack: Stack,
-    run: W,
-    parent: Greenlet,
-) -> RecordRef {
+/// As for [`build_record`]'s borrows.
+unsafe fn build<R, F: FnOnce() -> R>(stack: Stack, f: F, parent: Greenlet) -> RecordRef {
+    let driven = Driven::new();
+    // The parent is the poller's to be: a first poll from it needs no re-parenting.
+    driven.parented.set(RecordRef::as_ptr(&parent.record));
     let extra = Extra {
         slot: std::alloc::Layout::new::<Outcome<R>>(),
-        driven: Driven::new(),
+        driven,
     };
-    // SAFETY: the caller's contract.
-    let record = unsafe { build_record::<Resume, Yielded, W>(stack, run, parent, None, Some(extra)) };
+    // SAFETY: `driven_entry::<R, F>` starts a greenlet whose closure is an `F`, with a
+    // `Resume`; the caller's contract covers the borrows.
+    let record = unsafe {
+        build_record::<Resume, F>(stack, f, driven_entry::<R, F>, parent, None, Some(extra))
+    };
     // SAFETY: the slot is reserved for an `Outcome<R>`, uninitialised until now.
     unsafe { (driven_state(&record).slot.get() as *mut Outcome<R>).write(None) };
     record
 }
 
-/// The [`Rebuild`] for greenlets whose closure has type `W` and whose outcome is an `R`.
-fn rebuilder<R, W: FnOnce(Resume) -> Yielded>(_: &W) -> Rebuild {
-    rebuild::<R, W>
+/// A driven greenlet's stack starts here: runs `f`, leaves its outcome in the slot, and
+/// switches to its poller (its parent) for the last time.
+unsafe extern "C" fn driven_entry<R, F: FnOnce() -> R>(
+    word: usize,
+    data: *mut (),
+    sender: *const crate::arch::Context,
+) -> ! {
+    // SAFETY: the contract of every entry function, and the poller sends a `Resume`.
+    let (me, start, argument) = unsafe { begin::<Resume>(word, data, sender) };
+    let outcome = match argument {
+        Ok(Resume) => {
+            // SAFETY: the closure was written by `build_record` and is moved out exactly once.
+            let run = unsafe { ptr::read(start.closure as *mut F) };
+            catch_unwind(AssertUnwindSafe(run))
+        }
+        // SAFETY: the closure was never moved out.
+        Err(panic) => Err(unsafe { refuse_start(start, panic) }),
+    };
+    let driven = driven_state(&me.record);
+    // SAFETY: the slot was made for an `Outcome<R>` and holds `None`, which needs no drop.
+    unsafe { (driven.slot.get() as *mut Outcome<R>).write(Some(outcome)) };
+    let poller = driven.poller.get();
+    if !poller.is_null() && driven.parented.get() == poller {
+        me.record.state.set(State::Dead);
+        // SAFETY: the poller is our parent (alive: our parent link holds it), suspended in
+        // `DrivenGreenlet::poll` awaiting a `Yielded`, which is zero-sized: word 0.
+        unsafe { final_switch(me, 0, poller) }
+    }
+    // Cancelled (the parent is the dropping greenlet), or re-parented by `set_parent`.
+    finish(me, Ok(Yielded))
 }
 
 /// # Safety
 ///
-/// `old` must be an unstarted driven greenlet whose closure is a `W` and outcome an `R`, with
+/// `old` must be an unstarted driven greenlet whose closure is an `F` and outcome an `R`, with
 /// no reference but the caller's.
-unsafe fn rebuild<R, W: FnOnce(Resume) -> Yielded>(old: &RecordRef, stack: Stack) -> RecordRef {
+unsafe fn rebuild<R, F: FnOnce() -> R>(old: &RecordRef, stack: Stack) -> RecordRef {
     let start = old.start.take().expect("an unstarted greenlet has its closure");
-    // SAFETY: the closure is a `W`, never moved out; `old` no longer owns it (its start is
+    // SAFETY: the closure is an `F`, never moved out; `old` no longer owns it (its start is
     // gone), so it is moved exactly once.
-    let run = unsafe { ptr::read(start.closure as *mut W) };
+    let f = unsafe { ptr::read(start.closure as *mut F) };
     let parent = old.parent.borrow().clone().expect("a greenlet has a parent");
     // SAFETY: the caller's contract carries over to the same closure.
-    unsafe { build::<R, W>(stack, run, parent) }
+    unsafe { build::<R, F>(stack, f, parent) }
 }
 
 /// True when the running greenlet is a driven one (`f` of an `async_def`, or code it calls).
@@ -412,8 +439,10 @@ pub(crate) enum NotAwaited {
 /// Waits for `fut` inside the running driven greenlet: polls it with its poller's context and
 /// suspends to the poller while it is pending.
 ///
-/// Once the greenlet is cancelled, `fut` is polled once with a waker that does nothing: a
-/// future ready at once still gives its value (cleanup that need not wait still runs), a
+/// The poll's context is taken out of the record while `fut` is polled with it, so that an
+/// `awaitlet` inside `fut` finds none (rule 73), and put back afterwards, also when `fut`
+/// panics. Once the greenlet is cancelled, `fut` is polled once with a waker that does nothing:
+/// a future ready at once still gives its value (cleanup that need not wait still runs), a
 /// pending one gives [`NotAwaited::Cancelled`].
 ///
 /// # Panics
@@ -423,27 +452,23 @@ pub(crate) enum NotAwaited {
 #[inline(always)]
 pub(crate) fn await_in_driven<F: Future>(fut: F) -> Result<F::Output, NotAwaited> {
     let me = current_record();
-    // SAFETY: the running greenlet's record is alive as long as it runs.
-    let Some(driven) = (unsafe { (*me).driven.as_ref() }) else {
-        return Err(NotAwaited::NoContext);
-    };
-    if driven.polling.get() {
-        return Err(NotAwaited::NoContext);
-    }
     let mut fut = pin!(fut);
     loop {
-        let cx = driven.cx.get();
+        // SAFETY: the running greenlet's record is alive as long as it runs.
+        let record = unsafe { &*me };
+        let cx = record.await_cx.get();
         if cx.is_null() {
-            return outside_poll(driven, fut);
+            return without_context(record, fut);
         }
-        let polling = PollingGuard::enter(driven);
-        // SAFETY: a non-null `cx` is the poll in progress's, valid until its poller is back,
-        // which (see `DrivenGreenlet::resumed`) cannot happen while `polling` is set.
+        let borrowed = BorrowedContext::take(record, cx);
+        // SAFETY: a non-null `await_cx` is the poll in progress's, valid until its poller is
+        // back, which (see `DrivenGreenlet::resumed`) cannot happen while it is taken.
         let polled = fut.as_mut().poll(unsafe { &mut *(cx as *mut Context<'_>) });
-        drop(polling);
+        drop(borrowed);
         if let Poll::Ready(output) = polled {
             return Ok(output);
         }
+        let driven = driven_state(record);
         driven.awaited.set(true);
         let poller = driven.poller.get();
         // SAFETY: we run; the poller is suspended in `DrivenGreenlet::poll`, awaiting a
@@ -461,21 +486,25 @@ pub(crate) fn await_in_driven<F: Future>(fut: F) -> Result<F::Output, NotAwaited
     }
 }
 
-/// Marks `awaitlet` as inside a future's `poll` until dropped (also by a panic from the poll).
-struct PollingGuard<'driven>(&'driven Driven);
+/// A poll's context taken out of a driven greenlet's record while a future is polled with it;
+/// dropping this (also when the poll panics) puts it back.
+struct BorrowedContext<'record> {
+    record: &'record Record,
+    cx: *mut (),
+}
 
-impl PollingGuard<'_> {
+impl BorrowedContext<'_> {
     #[inline(always)]
-    fn enter(driven: &Driven) -> PollingGuard<'_> {
-        driven.polling.set(true);
-        PollingGuard(driven)
+    fn take(record: &Record, cx: *mut ()) -> BorrowedContext<'_> {
+        record.await_cx.set(ptr::null_mut());
+        BorrowedContext { record, cx }
     }
 }
 
-impl Drop for PollingGuard<'_> {
+impl Drop for BorrowedContext<'_> {
     #[inline(always)]
     fn drop(&mut self) {
-        self.0.polling.set(false);
+        self.record.await_cx.set(self.cx);
     }
 }
 
@@ -492,14 +521,22 @@ fn resumed_otherwise(received: super::core::Received<Resume>) {
     }
 }
 
-/// `awaitlet` runs while no poll is in progress: cancelled, or resumed by a greenlet switch.
+/// `awaitlet` finds no context to poll with: not a driven greenlet, inside a future that
+/// `awaitlet` polls, cancelled, or resumed by a greenlet switch outside any poll.
 #[cold]
-fn outside_poll<F: Future>(driven: &Driven, fut: Pin<&mut F>) -> Result<F::Output, NotAwaited> {
+fn without_context<F: Future>(
+    record: &Record,
+    fut: Pin<&mut F>,
+) -> Result<F::Output, NotAwaited> {
+    let Some(driven) = &record.driven else {
+        return Err(NotAwaited::NoContext);
+    };
+    if !driven.poller.get().is_null() {
+        // A poll is in progress: its context is taken by a future `awaitlet` is polling.
+        return Err(NotAwaited::NoContext);
+    }
     if driven.cancelled.get() {
-        let polling = PollingGuard::enter(driven);
-        let polled = fut.poll(&mut Context::from_waker(std::task::Waker::noop()));
-        drop(polling);
-        return match polled {
+        return match fut.poll(&mut Context::from_waker(std::task::Waker::noop())) {
             Poll::Ready(output) => Ok(output),
             Poll::Pending => Err(NotAwaited::Cancelled),
         };
