@@ -161,7 +161,7 @@ pub struct AsyncDef<'a, R> {
 
 impl<'a, R> AsyncDef<'a, R> {
     /// Runs the function on a stack of `bytes` bytes instead of the default
-    /// [`DEFAULT_STACK_SIZE`](crate::stack::DEFAULT_STACK_SIZE).
+    /// [`DEFAULT_STACK_SIZE`].
     ///
     /// # Panics
     ///

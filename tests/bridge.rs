@@ -346,3 +346,29 @@ fn async_def_is_unpin() {
     assert_unpin(&future);
     assert_eq!(drive(future).1, 0);
 }
+
+#[test]
+fn the_trace_hook_sees_every_switch_between_the_poller_and_the_function() {
+    use awaitlet::greenlet::{TraceEvent, settrace};
+    let events: Rc<RefCell<Vec<(TraceEvent, bool, bool)>>> = Rc::default();
+    let sink = events.clone();
+    let previous = settrace(Some(Box::new(move |event, origin, target| {
+        sink.borrow_mut()
+            .push((event, origin.is_main(), target.is_main()))
+    })));
+    assert!(previous.is_none());
+    let (value, pending) = drive(async_def(|| awaitlet(pending_then(1, 5)) + 1));
+    settrace(None);
+    assert_eq!((value, pending), (6, 1));
+    // Start (main -> f), suspension (f -> main), resumption (main -> f), end (f -> main).
+    let switch = TraceEvent::Switch;
+    assert_eq!(
+        *events.borrow(),
+        [
+            (switch, true, false),
+            (switch, false, true),
+            (switch, true, false),
+            (switch, false, true)
+        ]
+    );
+}
