@@ -1,7 +1,24 @@
 //! # awaitlet
 //!
-//! Stackful coroutines ("greenlets") for Rust, and the bridge that lets plain synchronous code
-//! await futures from inside any async executor.
+//! Plain synchronous Rust code that waits for futures, inside any async executor, on stackful
+//! coroutines ("greenlets") with Python greenlet's semantics.
+//!
+//! ```
+//! use awaitlet::{async_def, awaitlet};
+//!
+//! // Synchronous code, unchanged: it calls what it is given.
+//! fn greet(lookup: impl Fn(u32) -> String) -> String {
+//!     format!("hello, {}", lookup(7))
+//! }
+//!
+//! async fn lookup_async(id: u32) -> String {
+//!     futures::future::ready(format!("user {id}")).await
+//! }
+//!
+//! // async_def makes a future of the synchronous call; awaitlet waits inside it.
+//! let greeting = futures::executor::block_on(async_def(|| greet(|id| awaitlet(lookup_async(id)))));
+//! assert_eq!(greeting, "hello, user 7");
+//! ```
 //!
 //! The crate is built in layers, each depending only on the ones below it:
 //!
