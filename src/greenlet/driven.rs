@@ -55,7 +55,7 @@ use std::task::{Context, Poll};
 use super::core::{
     Extra, Payload, Record, RecordRef, State, begin, build_record, current_record, final_switch,
     finish, handle_from_raw, receive_out_of_line, refuse_start, release_finished_held, switch_to,
-    transfer_raw, type_key,
+    transfer_raw,
 };
 use super::{Greenlet, getcurrent, trace};
 use crate::stack::{Stack, StackError};
@@ -107,6 +107,9 @@ pub(crate) struct Driven {
     cancelled: Cell<bool>,
     /// True once `awaitlet` suspended (for `assert_await_occurs`).
     awaited: Cell<bool>,
+    /// True while the greenlet is unstarted or suspended in `awaitlet`: what a poll resumes.
+    /// (Its record's `awaiting` type key says the same, but a type may have several keys.)
+    parked: Cell<bool>,
 }
 
 impl Driven {
@@ -117,6 +120,7 @@ impl Driven {
             parented: Cell::new(ptr::null()),
             cancelled: Cell::new(false),
             awaited: Cell::new(false),
+            parked: Cell::new(true),
         }
     }
 }
@@ -194,7 +198,7 @@ impl<'a, R> DrivenGreenlet<'a, R> {
         let record = &*self.record;
         let driven = driven_state(record);
         let resumable = record.state.get() != State::Dead
-            && record.awaiting.get() == type_key::<Resume>()
+            && driven.parked.get()
             && driven.parented.get() == me
             && driven.poller.get().is_null();
         if !resumable && let Some(finished) = self.prepare(me) {
@@ -233,7 +237,7 @@ impl<'a, R> DrivenGreenlet<'a, R> {
             "awaitlet: an AsyncDef was polled from inside its own function"
         );
         assert!(
-            record.awaiting.get() == type_key::<Resume>(),
+            driven.parked.get(),
             "awaitlet: an AsyncDef cannot be polled: its function is suspended in a greenlet \
              switch, not in awaitlet (something other than the AsyncDef resumed the greenlet \
              polling it)"
@@ -384,6 +388,7 @@ unsafe extern "C" fn driven_entry<R, F: FnOnce() -> R>(
 ) -> ! {
     // SAFETY: the contract of every entry function, and the poller sends a `Resume`.
     let (me, start, argument) = unsafe { begin::<Resume>(word, data, sender) };
+    driven_state(&me.record).parked.set(false);
     let outcome = match argument {
         Ok(Resume) => {
             // SAFETY: the closure was written by `build_record` and is moved out exactly once.
@@ -473,7 +478,9 @@ pub(crate) fn await_in_driven<F: Future>(fut: F) -> Result<F::Output, NotAwaited
         let poller = driven.poller.get();
         // SAFETY: we run; the poller is suspended in `DrivenGreenlet::poll`, awaiting a
         // `Yielded` (zero-sized: word 0), alive while it polls us.
+        driven.parked.set(true);
         let (word, origin) = unsafe { switch_to::<Resume>(me, poller, 0) };
+        driven.parked.set(false);
         // SAFETY: the sender is alive (it just switched); its state and count are only read.
         let plain = word == 0
             && origin == driven.poller.get()
