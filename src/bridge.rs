@@ -184,6 +184,9 @@ impl<'a, R> AsyncDef<'a, R> {
     /// having waited for a pending future (Python's `assert_await_occurs=True`, rule 82). A
     /// panic in the function still propagates.
     ///
+    /// What counts is a real suspension: a future that happens to be ready when `awaitlet`
+    /// first polls it (say, one completed by another thread in the meantime) is no wait.
+    ///
     /// ```
     /// use awaitlet::{NoAwaitOccurred, async_def, awaitlet};
     ///
