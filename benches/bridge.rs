@@ -129,7 +129,11 @@ fn ready_rows(c: &mut Criterion) {
         b.iter(|| drive(async { PendingOnce::default().await }))
     });
     group.bench_function("stackful_spawn_await1", |b| {
-        b.iter(|| drive(stackful::stackful(|| stackful::wait(PendingOnce::default()))))
+        b.iter(|| {
+            drive(stackful::stackful(
+                || stackful::wait(PendingOnce::default()),
+            ))
+        })
     });
     group.finish();
 }

@@ -71,9 +71,9 @@
 //!   as in rule 88's `finally`); if not, `Cancelled` is raised again and the future dropped. A
 //!   cancelled function cannot really wait any more: nothing polls it, and its frames borrow
 //!   from the code that dropped it. [`try_awaitlet`] returns `Err(NoAwaitletContext)` there
-//!   instead of raising, which is what a destructor should use: raising while `Cancelled`
-//!   unwinds would be a panic during a panic, so `awaitlet` aborts the process in that case,
-//!   with a message.
+//!   instead of raising, which is what a destructor should use: a destructor run by the
+//!   `Cancelled` unwind that lets `Cancelled` escape is a panic in a destructor during
+//!   cleanup, which Rust turns into an abort.
 //! - `f` switches to another greenlet: when control comes back to the dropping code,
 //!   `Cancelled` is thrown into `f` again, until `f` has finished. `drop` never returns while
 //!   `f`'s frames exist.
@@ -270,14 +270,6 @@ pub fn awaitlet<F: IntoFuture>(fut: F) -> F::Output {
 fn not_awaited_panic(not_awaited: NotAwaited) -> ! {
     match not_awaited {
         NotAwaited::NoContext => panic!("{NoAwaitletContext}"),
-        NotAwaited::Cancelled if std::thread::panicking() => {
-            // Raising now would be a panic during unwinding.
-            eprintln!(
-                "awaitlet: awaitlet was called on a pending future from a destructor while \
-                 Cancelled unwound its async_def; destructors should use try_awaitlet: aborting"
-            );
-            std::process::abort()
-        }
         NotAwaited::Cancelled => std::panic::resume_unwind(Box::new(Cancelled)),
     }
 }
@@ -298,7 +290,8 @@ pub fn try_awaitlet<F: IntoFuture>(fut: F) -> Result<F::Output, NoAwaitletContex
 }
 
 /// True when running inside [`async_def`]'s function (or code it calls), where
-/// [`awaitlet`] works.
+/// [`awaitlet`] works; false elsewhere, including inside a future that `awaitlet` itself is
+/// polling (rule 73: that code runs on behalf of the poller).
 ///
 /// ```
 /// assert!(!awaitlet::in_async_def());

@@ -60,7 +60,9 @@ fn drive<F: Future + Unpin>(mut future: F) -> (F::Output, usize) {
 
 #[test]
 fn a_ready_future_returns_without_suspending() {
-    let (value, pending) = drive(async_def(|| awaitlet(async { 7 }) + awaitlet(std::future::ready(1))));
+    let (value, pending) = drive(async_def(|| {
+        awaitlet(async { 7 }) + awaitlet(std::future::ready(1))
+    }));
     assert_eq!((value, pending), (8, 0));
 }
 

@@ -99,7 +99,9 @@ fn a_whole_async_def_on_a_warm_pool_allocates_nothing() {
     let data = [1u64, 2, 3];
     let (allocations, deallocations, (sum, pending)) = count(|| {
         drive(async_def(|| {
-            data.iter().map(|&n| awaitlet(pending_once(n)) * 10).sum::<u64>()
+            data.iter()
+                .map(|&n| awaitlet(pending_once(n)) * 10)
+                .sum::<u64>()
         }))
     });
     assert_eq!((sum, pending), (60, 3));

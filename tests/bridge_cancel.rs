@@ -10,7 +10,9 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
-use awaitlet::{Cancelled, Greenlet, NoAwaitletContext, async_def, awaitlet, getcurrent, try_awaitlet};
+use awaitlet::{
+    Cancelled, Greenlet, NoAwaitletContext, async_def, awaitlet, getcurrent, try_awaitlet,
+};
 use common::catch;
 
 type Log = Rc<RefCell<Vec<String>>>;
@@ -37,7 +39,9 @@ impl Future for Forever {
 
 impl Drop for Forever {
     fn drop(&mut self) {
-        self.0.borrow_mut().push("drop in-flight future".to_string());
+        self.0
+            .borrow_mut()
+            .push("drop in-flight future".to_string());
     }
 }
 
@@ -58,7 +62,8 @@ fn dropping_a_waiting_async_def_unwinds_its_stack_before_drop_returns() {
         fn deeper(log: &Log) {
             let _inner = Noisy("inner", log.clone());
             awaitlet(Forever(log.clone()));
-            log.borrow_mut().push("after the wait: unreachable".to_string());
+            log.borrow_mut()
+                .push("after the wait: unreachable".to_string());
         }
         deeper(&outer_log);
     });
@@ -123,10 +128,14 @@ fn after_cancellation_awaitlet_raises_cancelled_again_unless_the_future_is_ready
     let inside = results.clone();
     let mut future = async_def(move || {
         let first = catch(|| awaitlet(std::future::pending::<()>()));
-        inside.borrow_mut().push(first.unwrap_err().is::<Cancelled>());
+        inside
+            .borrow_mut()
+            .push(first.unwrap_err().is::<Cancelled>());
         // A second wait on a pending future is cancelled at once.
         let second = catch(|| awaitlet(std::future::pending::<()>()));
-        inside.borrow_mut().push(second.unwrap_err().is::<Cancelled>());
+        inside
+            .borrow_mut()
+            .push(second.unwrap_err().is::<Cancelled>());
         // A future that is ready at once still gives its value.
         inside.borrow_mut().push(awaitlet(async { true }));
         // try_awaitlet reports the pending case instead of raising.
@@ -147,7 +156,9 @@ fn destructors_running_during_cancellation_can_finish_ready_cleanup() {
         fn drop(&mut self) {
             let closed = awaitlet(async { "closed" });
             let flushed = try_awaitlet(std::future::pending::<()>()).is_err();
-            self.0.borrow_mut().push(format!("{closed}, pending flush refused: {flushed}"));
+            self.0
+                .borrow_mut()
+                .push(format!("{closed}, pending flush refused: {flushed}"));
         }
     }
     let log = Log::default();
@@ -160,7 +171,10 @@ fn destructors_running_during_cancellation_can_finish_ready_cleanup() {
     drop(future);
     assert_eq!(
         entries(&log),
-        ["drop in-flight future", "closed, pending flush refused: true"]
+        [
+            "drop in-flight future",
+            "closed, pending flush refused: true"
+        ]
     );
 }
 
@@ -252,7 +266,8 @@ fn tokio_timeout_cancels_the_waiting_function() {
             std::time::Duration::from_millis(5),
             async_def(|| {
                 let _guard = Noisy("guard", inside.clone());
-                let waited = catch(|| awaitlet(tokio::time::sleep(std::time::Duration::from_secs(60))));
+                let waited =
+                    catch(|| awaitlet(tokio::time::sleep(std::time::Duration::from_secs(60))));
                 inside.borrow_mut().push(format!(
                     "cancelled: {}",
                     waited.is_err_and(|panic| panic.is::<Cancelled>())

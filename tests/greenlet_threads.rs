@@ -268,7 +268,9 @@ fn threads_ping_pong_concurrently_with_their_own_main_greenlets() {
                     value = echo.switch(value).unwrap();
                     assert_eq!(getcurrent(), main);
                 }
-                drop(echo); // killed on drop, here
+                // Not killed here: the finished `inner` in its frame still holds it as parent.
+                // It is unwound when the thread exits.
+                drop(echo);
                 value
             })
         })

@@ -954,11 +954,13 @@ pub(crate) fn kill_abandoned(victim: &Greenlet) {
     let exit = Payload::Panic(Box::new(GreenletExit::vanished()));
     let outcome = transfer_raw::<GreenletExit>(victim, exit);
     let dead = victim.record.state.get() == State::Dead;
-    *victim.record.parent.borrow_mut() = original_parent;
+    // Released outside the borrow: dropping the stand-in may run code that reads the link.
+    let stand_in = victim.record.parent.replace(original_parent);
+    drop(stand_in);
     if let Err(Ok(panic)) = outcome {
         // Rule 36: a kill that turned into another panic is reported, never raised from drop.
         // The panic hook has already printed it where it happened.
-        drop(panic);
+        discard_panic(panic);
         eprintln!(
             "awaitlet: {victim:?} panicked while being killed on drop; the panic was discarded"
         );
@@ -968,6 +970,15 @@ pub(crate) fn kill_abandoned(victim: &Greenlet) {
         // Its frames are live on its stack, so it can be neither resumed nor freed: leak it.
         eprintln!("awaitlet: GreenletExit did not kill {victim:?}; leaking it");
         std::mem::forget(victim.clone());
+    }
+}
+
+/// Drops a panic payload that nobody will raise, from code that must not panic (a `drop`). A
+/// payload whose own destructor panics is caught at it (the panic hook has reported that
+/// panic); the second payload is leaked, since dropping it might panic again.
+pub(crate) fn discard_panic(payload: Box<dyn Any + Send>) {
+    if let Err(second) = catch_unwind(AssertUnwindSafe(move || drop(payload))) {
+        std::mem::forget(second);
     }
 }
 
@@ -1035,10 +1046,7 @@ pub(super) unsafe fn begin<A: 'static>(
 ///
 /// The closure must never have been moved out.
 #[cold]
-pub(super) unsafe fn refuse_start(
-    start: Start,
-    panic: Box<dyn Any + Send>,
-) -> Box<dyn Any + Send> {
+pub(super) unsafe fn refuse_start(start: Start, panic: Box<dyn Any + Send>) -> Box<dyn Any + Send> {
     // SAFETY: the caller's contract; the closure is dropped once, here.
     unsafe { (start.drop_closure)(start.closure) };
     panic

@@ -53,9 +53,9 @@ use std::ptr;
 use std::task::{Context, Poll};
 
 use super::core::{
-    Extra, Payload, Record, RecordRef, State, begin, build_record, current_record, final_switch,
-    finish, handle_from_raw, receive_out_of_line, refuse_start, release_finished_held, switch_to,
-    transfer_raw,
+    Extra, Payload, Record, RecordRef, State, begin, build_record, current_record, discard_panic,
+    final_switch, finish, handle_from_raw, receive_out_of_line, refuse_start,
+    release_finished_held, switch_to, transfer_raw,
 };
 use super::{Greenlet, getcurrent, trace};
 use crate::stack::{Stack, StackError};
@@ -254,7 +254,8 @@ impl<'a, R> DrivenGreenlet<'a, R> {
                 ancestor = candidate.parent();
             }
             // Rule 79: the greenlet's parent is the one driving it.
-            *record.parent.borrow_mut() = Some(poller);
+            let previous = record.parent.replace(Some(poller));
+            drop(previous);
             driven.parented.set(me);
         }
         None
@@ -322,7 +323,13 @@ impl<R> Drop for DrivenGreenlet<'_, R> {
         }
         // SAFETY: the greenlet is unstarted (the slot holds `None`) or dead; nothing else reads
         // the slot.
-        drop(unsafe { (*self.slot()).take() });
+        match unsafe { (*self.slot()).take() } {
+            // A value nobody took (say, `f` swallowed `Cancelled` and returned) is dropped as
+            // any value is; a panic nobody raised is discarded without panicking the drop.
+            Some(Ok(value)) => drop(value),
+            Some(Err(panic)) => discard_panic(panic),
+            None => {}
+        }
     }
 }
 
@@ -345,13 +352,14 @@ fn cancel(record: &RecordRef) {
         let cancel = Payload::Panic(Box::new(Cancelled));
         if let Err(Ok(panic)) = transfer_raw::<Yielded>(&victim, cancel) {
             // A drop must not panic: report and go on cancelling.
-            drop(panic);
+            discard_panic(panic);
             eprintln!(
                 "awaitlet: a panic reached the greenlet dropping an AsyncDef; it was discarded"
             );
         }
     }
-    *record.parent.borrow_mut() = original_parent;
+    let stand_in = record.parent.replace(original_parent);
+    drop(stand_in);
     driven.parented.set(ptr::null());
     drop(victim);
 }
@@ -417,19 +425,32 @@ unsafe extern "C" fn driven_entry<R, F: FnOnce() -> R>(
 /// `old` must be an unstarted driven greenlet whose closure is an `F` and outcome an `R`, with
 /// no reference but the caller's.
 unsafe fn rebuild<R, F: FnOnce() -> R>(old: &RecordRef, stack: Stack) -> RecordRef {
-    let start = old.start.take().expect("an unstarted greenlet has its closure");
+    let start = old
+        .start
+        .take()
+        .expect("an unstarted greenlet has its closure");
     // SAFETY: the closure is an `F`, never moved out; `old` no longer owns it (its start is
     // gone), so it is moved exactly once.
     let f = unsafe { ptr::read(start.closure as *mut F) };
-    let parent = old.parent.borrow().clone().expect("a greenlet has a parent");
+    let parent = old
+        .parent
+        .borrow()
+        .clone()
+        .expect("a greenlet has a parent");
     // SAFETY: the caller's contract carries over to the same closure.
     unsafe { build::<R, F>(stack, f, parent) }
 }
 
-/// True when the running greenlet is a driven one (`f` of an `async_def`, or code it calls).
+/// True when the running greenlet is a driven one (`f` of an `async_def`, or code it calls),
+/// and not inside a future that `awaitlet` is polling (where, as in Python, the code runs on
+/// behalf of the poller and cannot wait).
 pub(crate) fn in_driven() -> bool {
     // SAFETY: the running greenlet's record is alive.
-    unsafe { (*current_record()).driven.is_some() }
+    let record = unsafe { &*current_record() };
+    record.driven.as_ref().is_some_and(|driven| {
+        let polling_a_future = record.await_cx.get().is_null() && !driven.poller.get().is_null();
+        !polling_a_future
+    })
 }
 
 /// Why [`await_in_driven`] did not wait (the future is dropped).
@@ -476,9 +497,9 @@ pub(crate) fn await_in_driven<F: Future>(fut: F) -> Result<F::Output, NotAwaited
         let driven = driven_state(record);
         driven.awaited.set(true);
         let poller = driven.poller.get();
+        driven.parked.set(true);
         // SAFETY: we run; the poller is suspended in `DrivenGreenlet::poll`, awaiting a
         // `Yielded` (zero-sized: word 0), alive while it polls us.
-        driven.parked.set(true);
         let (word, origin) = unsafe { switch_to::<Resume>(me, poller, 0) };
         driven.parked.set(false);
         // SAFETY: the sender is alive (it just switched); its state and count are only read.
@@ -531,10 +552,7 @@ fn resumed_otherwise(received: super::core::Received<Resume>) {
 /// `awaitlet` finds no context to poll with: not a driven greenlet, inside a future that
 /// `awaitlet` polls, cancelled, or resumed by a greenlet switch outside any poll.
 #[cold]
-fn without_context<F: Future>(
-    record: &Record,
-    fut: Pin<&mut F>,
-) -> Result<F::Output, NotAwaited> {
+fn without_context<F: Future>(record: &Record, fut: Pin<&mut F>) -> Result<F::Output, NotAwaited> {
     let Some(driven) = &record.driven else {
         return Err(NotAwaited::NoContext);
     };

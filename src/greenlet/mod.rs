@@ -389,11 +389,14 @@ impl Greenlet {
             }
             ancestor = candidate.parent();
         }
-        *self.record.parent.borrow_mut() = Some(parent.clone());
+        // The old parent is released after the borrow ends: dropping it may run code (a kill
+        // on drop) that reads this link.
+        let old_parent = self.record.parent.replace(Some(parent.clone()));
         if let Some(driven) = &self.record.driven {
             // The next poll makes its poller the parent again (rule 79).
             driven.parented.set(std::ptr::null());
         }
+        drop(old_parent);
         Ok(())
     }
 
@@ -409,7 +412,8 @@ impl Greenlet {
         self.state() == State::Active
     }
 
-    /// True once the greenlet has been switched into (even if it has since finished).
+    /// True once the greenlet has been switched into, or has died: one killed, or thrown into,
+    /// before it started counts as started, though its closure never ran.
     pub fn is_started(&self) -> bool {
         self.state() != State::Unstarted
     }
