@@ -258,6 +258,9 @@ fn threads_ping_pong_concurrently_with_their_own_main_greenlets() {
                         // A nested greenlet per round, finishing into this one.
                         let inner = Greenlet::new(move |y: u64| y + id);
                         x = inner.switch::<u64, u64>(x).unwrap();
+                        // A finished child's parent link still holds this greenlet: drop it
+                        // before suspending, so that main's handle is the only other one.
+                        drop(inner);
                         x = main_in.switch(x + 1).unwrap();
                     }
                 });
@@ -268,9 +271,7 @@ fn threads_ping_pong_concurrently_with_their_own_main_greenlets() {
                     value = echo.switch(value).unwrap();
                     assert_eq!(getcurrent(), main);
                 }
-                // Not killed here: the finished `inner` in its frame still holds it as parent.
-                // It is unwound when the thread exits.
-                drop(echo);
+                drop(echo); // killed on drop, here
                 value
             })
         })

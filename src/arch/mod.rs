@@ -187,5 +187,8 @@ impl std::fmt::Debug for Context {
     }
 }
 
+#[cfg(awaitlet_asan)]
+pub(crate) mod asan;
+
 #[cfg(test)]
 mod tests;

@@ -90,6 +90,10 @@ pub(crate) struct Record {
     pub(super) driven: Option<Driven>,
     /// Main's context (main runs on the thread's own stack); unused by other greenlets.
     thread_context: Context,
+    /// The greenlet's stack, as announced to AddressSanitizer (main's is learned on its first
+    /// switch away).
+    #[cfg(awaitlet_asan)]
+    stack_bounds: Cell<arch::asan::StackBounds>,
 }
 
 impl Drop for Record {
@@ -255,6 +259,8 @@ fn current_record_slow(current: *const Record) -> *const Record {
         is_main: true,
         driven: None,
         thread_context: Context::for_thread_stack(),
+        #[cfg(awaitlet_asan)]
+        stack_bounds: Cell::new(arch::asan::StackBounds::default()),
     });
     // `thread_context` never moves (the record is boxed) and lives as long as it.
     main.context.set(NonNull::from(&main.thread_context));
@@ -331,6 +337,11 @@ pub(super) unsafe fn build_record<A: 'static, F>(
         stack.top() as usize - closure,
         stack.size(),
     );
+    #[cfg(awaitlet_asan)]
+    let stack_bounds = arch::asan::StackBounds {
+        bottom: stack.bottom() as usize,
+        size: stack.size(),
+    };
     let driven = extra.map(|extra| {
         extra.driven.slot.set(slot_at as *mut u8);
         extra.driven
@@ -371,6 +382,8 @@ pub(super) unsafe fn build_record<A: 'static, F>(
             is_main: false,
             driven,
             thread_context: Context::for_thread_stack(),
+            #[cfg(awaitlet_asan)]
+            stack_bounds: Cell::new(stack_bounds),
         });
         RecordRef::from_raw(record_at as *const Record)
     }
@@ -820,14 +833,34 @@ pub(super) unsafe fn switch_to<R: 'static>(
         if (*me).awaiting.get() != type_key::<R>() {
             (*me).awaiting.set(type_key::<R>());
         }
+        #[cfg(awaitlet_asan)]
+        let departure = arch::asan::before_switch((*receiver).stack_bounds.get(), false);
         let (word, sender) = arch::switch(
             word,
             (*me).context.get().as_ref(),
             (*receiver).context.get().as_ref(),
         );
         // The sender's context names its greenlet (its record is the owner of every context).
+        let origin = (*sender).owner() as *const Record;
+        #[cfg(awaitlet_asan)]
+        learn_stack_bounds(origin, arch::asan::after_switch(Some(departure)));
         CURRENT.with(|current| current.set(me));
-        (word, (*sender).owner() as *const Record)
+        (word, origin)
+    }
+}
+
+/// Records the bounds of the stack a switch came from, the first time they are learned (only
+/// main's are not known from the start).
+///
+/// # Safety
+///
+/// `origin` must be alive.
+#[cfg(awaitlet_asan)]
+unsafe fn learn_stack_bounds(origin: *const Record, left: arch::asan::StackBounds) {
+    // SAFETY: the caller's contract.
+    let bounds = unsafe { &(*origin).stack_bounds };
+    if bounds.get().size == 0 {
+        bounds.set(left);
     }
 }
 
@@ -975,11 +1008,17 @@ pub(crate) fn kill_abandoned(victim: &Greenlet) {
 
 /// Drops a panic payload that nobody will raise, from code that must not panic (a `drop`). A
 /// payload whose own destructor panics is caught at it (the panic hook has reported that
-/// panic); the second payload is leaked, since dropping it might panic again.
+/// panic), and the payload of that panic is dropped the same way; after a few such rounds the
+/// last payload is leaked instead.
 pub(crate) fn discard_panic(payload: Box<dyn Any + Send>) {
-    if let Err(second) = catch_unwind(AssertUnwindSafe(move || drop(payload))) {
-        std::mem::forget(second);
+    let mut payload = payload;
+    for _ in 0..4 {
+        match catch_unwind(AssertUnwindSafe(move || drop(payload))) {
+            Ok(()) => return,
+            Err(next) => payload = next,
+        }
     }
+    std::mem::forget(payload);
 }
 
 /// Every greenlet stack starts here, on the first switch into it; `data` is its record.
@@ -1023,6 +1062,11 @@ pub(super) unsafe fn begin<A: 'static>(
     let me = unsafe { handle_from_raw(me_pointer) };
     // SAFETY: the sender's context is live (it is suspended, or finishing, on its own stack).
     let origin = unsafe { (*sender).owner() } as *const Record;
+    // SAFETY: as above, the sender is alive.
+    #[cfg(awaitlet_asan)]
+    unsafe {
+        learn_stack_bounds(origin, arch::asan::after_switch(None))
+    };
     CURRENT.with(|current| current.set(me_pointer));
     me.record.state.set(State::Active);
     let start = me
@@ -1102,6 +1146,9 @@ pub(super) fn finish<B: 'static>(me: Greenlet, outcome: std::thread::Result<B>) 
 pub(super) unsafe fn final_switch(me: Greenlet, word: usize, receiver: *const Record) -> ! {
     let me_pointer = RecordRef::as_ptr(&me.record);
     std::mem::forget(me);
+    // SAFETY: the caller's contract keeps `receiver` alive.
+    #[cfg(awaitlet_asan)]
+    arch::asan::before_switch(unsafe { (*receiver).stack_bounds.get() }, true);
     // SAFETY: the caller's contract; our record is kept alive by the self-reference just
     // handed over.
     unsafe {

@@ -51,9 +51,15 @@
 //! a [`GreenletExit`] is thrown in, with the dropping greenlet as its parent until it dies, so
 //! its stack unwinds and every destructor on it runs before `drop` returns; then its original
 //! parent is restored and its stack goes back to the pool. A child's parent link and a running
-//! greenlet's own reference count as handles: a greenlet with live children, or the running
-//! one, is not killed. Unstarted and dead greenlets are freed without running any code (an
-//! unstarted one's closure is dropped).
+//! greenlet's own reference count as handles: a greenlet with children (alive or finished, as
+//! long as something holds them), or the running one, is not killed. Unstarted and dead
+//! greenlets are freed without running any code (an unstarted one's closure is dropped).
+//!
+//! Reference counting has no cycle collector: a suspended greenlet whose own frames hold a
+//! handle to one of its children (or to an `AsyncDef` it polled, whose greenlet it parents) is
+//! kept alive by that child's parent link, so neither dropping its last handle nor the thread's
+//! exit kills it, and it leaks with its stack. Drop such handles before suspending, or
+//! [`kill`](Greenlet::kill) the greenlet explicitly.
 //!
 //! If the victim catches the exit and returns, its result is discarded. If the kill turns into
 //! another panic, `drop` does not panic: one line goes to stderr (the panic hook has already

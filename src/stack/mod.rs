@@ -208,6 +208,12 @@ impl Stack {
     pub fn new(size: usize) -> Result<Stack, StackError> {
         let size = checked_size(size)?;
         if let Some(stack) = pool::take(size) {
+            // Frames of the greenlet that last ran here never returned: clear their poisoning.
+            #[cfg(awaitlet_asan)]
+            crate::arch::asan::unpoison(crate::arch::asan::StackBounds {
+                bottom: stack.bottom() as usize,
+                size: stack.size(),
+            });
             return Ok(stack);
         }
         Stack::map(size)
