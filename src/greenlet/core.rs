@@ -346,6 +346,7 @@ pub(super) unsafe fn build_record<A: 'static, F>(
         extra.driven.slot.set(slot_at as *mut u8);
         extra.driven
     });
+    stack.claim_top(closure as *mut u8);
     // SAFETY: the top of a fresh (or pooled, unused) stack is ours, and aligned for F.
     unsafe { (closure as *mut F).write(run) };
     unsafe fn drop_closure<F>(closure: *mut u8) {

@@ -12,6 +12,8 @@
 
 const STACK_REGISTER: usize = 0x1501;
 const STACK_DEREGISTER: usize = 0x1502;
+/// Memcheck's `VALGRIND_MAKE_MEM_UNDEFINED` (its tool base, `'M' << 24 | 'C' << 16`, plus 1).
+const MAKE_MEM_UNDEFINED: usize = 0x4D43_0001;
 
 #[cfg(target_arch = "x86_64")]
 fn client_request(default: usize, request: [usize; 6]) -> usize {
@@ -42,6 +44,13 @@ fn client_request(default: usize, _request: [usize; 6]) -> usize {
 /// Registers `[start, end)` as a stack; returns Valgrind's id for it (0 when not under Valgrind).
 pub(super) fn register_stack(start: usize, end: usize) -> usize {
     client_request(0, [STACK_REGISTER, start, end, 0, 0, 0])
+}
+
+/// Marks `[start, start + len)` addressable (its contents undefined): stack memory that an
+/// earlier greenlet's popped frames left "below the stack pointer", written now from another
+/// stack.
+pub(super) fn make_undefined(start: usize, len: usize) {
+    client_request(0, [MAKE_MEM_UNDEFINED, start, len, 0, 0, 0]);
 }
 
 /// Forgets a stack registered by [`register_stack`].
