@@ -8,55 +8,13 @@ use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 use awaitlet::{
     AsyncDef, Greenlet, NoAwaitOccurred, NoAwaitletContext, async_def, awaitlet, getcurrent,
     in_async_def, try_awaitlet,
 };
-use common::{catch, text};
-
-/// A future that is pending `times` times (waking itself), then ready with `value`.
-struct PendingThen<T> {
-    times: usize,
-    value: Option<T>,
-}
-
-fn pending_then<T>(times: usize, value: T) -> PendingThen<T> {
-    PendingThen {
-        times,
-        value: Some(value),
-    }
-}
-
-impl<T: Unpin> Future for PendingThen<T> {
-    type Output = T;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
-        if self.times == 0 {
-            return Poll::Ready(self.value.take().expect("polled after ready"));
-        }
-        self.times -= 1;
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    }
-}
-
-/// Polls `future` once with a waker that does nothing.
-fn poll_once<F: Future + Unpin>(future: &mut F) -> Poll<F::Output> {
-    Pin::new(future).poll(&mut Context::from_waker(Waker::noop()))
-}
-
-/// Polls `future` to completion; returns its output and how many polls returned `Pending`.
-fn drive<F: Future + Unpin>(mut future: F) -> (F::Output, usize) {
-    let mut pending = 0;
-    loop {
-        match poll_once(&mut future) {
-            Poll::Ready(output) => return (output, pending),
-            Poll::Pending => pending += 1,
-        }
-    }
-}
+use common::{catch, drive, pending_then, poll_once, text};
 
 #[test]
 fn a_ready_future_returns_without_suspending() {

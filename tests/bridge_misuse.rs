@@ -10,11 +10,9 @@
 mod common;
 
 use std::cell::{Cell, RefCell};
-use std::future::Future;
 use std::panic::resume_unwind;
-use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll, Waker};
+use std::task::Poll;
 
 use awaitlet::stack::{
     MAX_STACK_SIZE, MIN_STACK_SIZE, POOL_CAPACITY, StackError, pool_len, trim_pool,
@@ -23,7 +21,11 @@ use awaitlet::{
     Cancelled, Greenlet, NoAwaitletContext, ParentError, SwitchError, async_def, awaitlet,
     getcurrent, in_async_def, try_awaitlet,
 };
-use common::{catch, child_command, is_child, run_child, terminating_signal, text};
+use common::{
+    PanicOnDrop, catch, check_child_ok, child_aborts,
+    child_aborts_on_a_destructor_panic_during_cleanup, child_command, child_ok, drive, is_child,
+    library_lines, pending_then, poll_once, text,
+};
 
 const NO_CONTEXT: &str =
     "Can't call awaitlet() unless the call stack was invoked with async_def().";
@@ -41,63 +43,12 @@ fn counter() -> Rc<Cell<usize>> {
     Rc::new(Cell::new(0))
 }
 
-/// Panics when dropped.
-struct PanicOnDrop(&'static str);
-
-impl Drop for PanicOnDrop {
-    fn drop(&mut self) {
-        panic!("{}", self.0);
-    }
-}
-
 /// A panic payload whose own drop panics.
 struct PayloadPanickingOnDrop;
 
 impl Drop for PayloadPanickingOnDrop {
     fn drop(&mut self) {
         panic!("the payload's drop panics");
-    }
-}
-
-/// A future that is pending `times` times (waking itself), then ready with `value`.
-struct PendingThen<T> {
-    times: usize,
-    value: Option<T>,
-}
-
-fn pending_then<T>(times: usize, value: T) -> PendingThen<T> {
-    PendingThen {
-        times,
-        value: Some(value),
-    }
-}
-
-impl<T: Unpin> Future for PendingThen<T> {
-    type Output = T;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
-        if self.times == 0 {
-            return Poll::Ready(self.value.take().expect("polled after ready"));
-        }
-        self.times -= 1;
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    }
-}
-
-/// Polls `future` once with a waker that does nothing.
-fn poll_once<F: Future + Unpin>(future: &mut F) -> Poll<F::Output> {
-    Pin::new(future).poll(&mut Context::from_waker(Waker::noop()))
-}
-
-/// Polls `future` to completion; returns its output and how many polls returned `Pending`.
-fn drive<F: Future + Unpin>(mut future: F) -> (F::Output, usize) {
-    let mut pending = 0;
-    loop {
-        match poll_once(&mut future) {
-            Poll::Ready(output) => return (output, pending),
-            Poll::Pending => pending += 1,
-        }
     }
 }
 
@@ -114,31 +65,6 @@ fn run_ignored_child(test_name: &str, role: &str) -> std::process::Output {
         .arg("--include-ignored")
         .output()
         .expect("spawn the test binary again")
-}
-
-/// Asserts a child run exited normally and printed `CHILD-OK`; returns its stderr.
-fn child_ok(test_name: &str, role: &str) -> String {
-    check_child_ok(run_child(test_name, role))
-}
-
-/// [`child_ok`] for an output already in hand.
-fn check_child_ok(output: std::process::Output) -> String {
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert!(
-        output.status.success() && stdout.contains("CHILD-OK"),
-        "child failed: {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        output.status
-    );
-    stderr
-}
-
-/// The lines the library writes to stderr (panic-hook lines are not counted).
-fn library_lines(stderr: &str) -> Vec<&str> {
-    stderr
-        .lines()
-        .filter(|line| line.starts_with("awaitlet:"))
-        .collect()
 }
 
 // --- Stack sizes -------------------------------------------------------------------------------
@@ -649,25 +575,10 @@ fn a_destructor_panic_while_cancelled_unwinds_the_function_aborts_the_process() 
         println!("CHILD-SURVIVED");
         return;
     }
-    let output = run_child(
+    child_aborts_on_a_destructor_panic_during_cleanup(
         "a_destructor_panic_while_cancelled_unwinds_the_function_aborts_the_process",
         "destructor-during-cancel",
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(
-        terminating_signal(&output),
-        Some(libc::SIGABRT),
-        "{output:?}"
-    );
-    assert!(!stdout.contains("CHILD-SURVIVED"), "{stdout}");
-    assert!(
-        stderr.contains("destructor panic during cancellation"),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains("panic in a destructor during cleanup"),
-        "{stderr}"
+        "destructor panic during cancellation",
     );
 }
 
@@ -935,18 +846,10 @@ fn a_switch_to_the_poller_from_inside_an_awaited_futures_poll_aborts_the_process
         println!("CHILD-SURVIVED");
         return;
     }
-    let output = run_child(
+    let stderr = child_aborts(
         "a_switch_to_the_poller_from_inside_an_awaited_futures_poll_aborts_the_process",
         "switch-inside-poll",
     );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(
-        terminating_signal(&output),
-        Some(libc::SIGABRT),
-        "{output:?}"
-    );
-    assert!(!stdout.contains("CHILD-SURVIVED"), "{stdout}");
     let lines = library_lines(&stderr);
     assert_eq!(lines.len(), 1, "{stderr}");
     assert!(lines[0].contains("inside a future's poll"), "{stderr}");

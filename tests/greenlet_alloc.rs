@@ -1,54 +1,12 @@
 //! Allocation counts, which are deterministic: a counting global allocator proves that switches
 //! allocate nothing, and neither does a greenlet's whole life on a warm stack pool.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-
 use awaitlet::{Greenlet, getcurrent};
 
-/// Counts this thread's allocations (tests run on several threads at once).
-struct Counting;
+#[path = "support/counting_allocator.rs"]
+mod counting_allocator;
 
-thread_local! {
-    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
-    static DEALLOCATIONS: Cell<usize> = const { Cell::new(0) };
-}
-
-// SAFETY: forwards every call to the system allocator unchanged; counting touches only
-// const-initialised thread-locals, which never allocate.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let _ = ALLOCATIONS.try_with(|count| count.set(count.get() + 1));
-        // SAFETY: the caller's contract is the system allocator's.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, pointer: *mut u8, layout: Layout) {
-        let _ = DEALLOCATIONS.try_with(|count| count.set(count.get() + 1));
-        // SAFETY: as above.
-        unsafe { System.dealloc(pointer, layout) }
-    }
-
-    unsafe fn realloc(&self, pointer: *mut u8, layout: Layout, size: usize) -> *mut u8 {
-        let _ = ALLOCATIONS.try_with(|count| count.set(count.get() + 1));
-        // SAFETY: as above.
-        unsafe { System.realloc(pointer, layout, size) }
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
-
-/// (allocations, deallocations) made on this thread while running `work`.
-fn count<T>(work: impl FnOnce() -> T) -> (usize, usize, T) {
-    let (allocations, deallocations) = (ALLOCATIONS.with(Cell::get), DEALLOCATIONS.with(Cell::get));
-    let result = work();
-    (
-        ALLOCATIONS.with(Cell::get) - allocations,
-        DEALLOCATIONS.with(Cell::get) - deallocations,
-        result,
-    )
-}
+use counting_allocator::count;
 
 /// A greenlet that bounces every value straight back to main, forever.
 fn echo<T: 'static>() -> Greenlet {

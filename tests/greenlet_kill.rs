@@ -16,7 +16,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use awaitlet::stack::{pool_len, trim_pool};
 use awaitlet::{Greenlet, GreenletExit, SwitchError, getcurrent};
-use common::{catch, is_child, run_child, terminating_signal};
+use common::{
+    PanicOnDrop, catch, child_aborts_on_a_destructor_panic_during_cleanup, child_ok, is_child,
+    library_lines,
+};
 
 const VANISHED: &str = "Killing the greenlet because all references have vanished.";
 
@@ -52,27 +55,6 @@ type Slot = Rc<RefCell<Option<Greenlet>>>;
 
 fn slot() -> Slot {
     Rc::new(RefCell::new(None))
-}
-
-/// Asserts a child run succeeded and printed `CHILD-OK`; returns its stderr.
-fn child_ok(test_name: &str, role: &str) -> String {
-    let output = run_child(test_name, role);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert!(
-        output.status.success() && stdout.contains("CHILD-OK"),
-        "child failed: {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        output.status
-    );
-    stderr
-}
-
-/// The lines the library writes to stderr (panic-hook lines are not counted).
-fn library_lines(stderr: &str) -> Vec<&str> {
-    stderr
-        .lines()
-        .filter(|line| line.starts_with("awaitlet:"))
-        .collect()
 }
 
 /// The one line the library writes when a kill on drop turned into another panic (rule 36).
@@ -578,15 +560,6 @@ fn kill_returns_value_of_a_greenlet_that_survives_the_exit() {
     assert!(g.is_dead());
 }
 
-/// Panics when dropped.
-struct PanicOnDrop(&'static str);
-
-impl Drop for PanicOnDrop {
-    fn drop(&mut self) {
-        panic!("{}", self.0);
-    }
-}
-
 // A destructor that panics after the victim caught the exit (a normal scope exit, not during
 // unwinding) turns the kill into another panic: with kill() that panic reaches the parent (the
 // caller) like any other (rule 27).
@@ -645,24 +618,9 @@ fn destructor_panic_while_exit_unwinds_aborts_the_process() {
         println!("CHILD-SURVIVED");
         return;
     }
-    let output = run_child(
+    child_aborts_on_a_destructor_panic_during_cleanup(
         "destructor_panic_while_exit_unwinds_aborts_the_process",
         "destructor-during-unwind",
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(
-        terminating_signal(&output),
-        Some(libc::SIGABRT),
-        "{output:?}"
-    );
-    assert!(!stdout.contains("CHILD-SURVIVED"), "{stdout}");
-    assert!(
-        stderr.contains("destructor panic during unwind"),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains("panic in a destructor during cleanup"),
-        "{stderr}"
+        "destructor panic during unwind",
     );
 }

@@ -1,7 +1,10 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+use std::future::Future;
+use std::pin::Pin;
 use std::process::{Command, Output};
+use std::task::{Context, Poll, Waker};
 
 /// Environment variable naming the child role a re-executed test binary should play.
 pub(crate) const CHILD_ROLE: &str = "AWAITLET_TEST_CHILD";
@@ -47,5 +50,110 @@ pub(crate) fn text(payload: &(dyn std::any::Any + Send)) -> String {
         text.clone()
     } else {
         panic!("payload is not text")
+    }
+}
+
+/// Asserts a child run exited normally and printed `CHILD-OK`; returns its stderr.
+pub(crate) fn child_ok(test_name: &str, role: &str) -> String {
+    check_child_ok(run_child(test_name, role))
+}
+
+/// [`child_ok`] for an output already in hand.
+pub(crate) fn check_child_ok(output: Output) -> String {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        output.status.success() && stdout.contains("CHILD-OK"),
+        "child failed: {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        output.status
+    );
+    stderr
+}
+
+/// The lines the library writes to stderr (panic-hook lines are not counted).
+pub(crate) fn library_lines(stderr: &str) -> Vec<&str> {
+    stderr
+        .lines()
+        .filter(|line| line.starts_with("awaitlet:"))
+        .collect()
+}
+
+/// A future that is pending `times` times (waking itself), then ready with `value`.
+pub(crate) struct PendingThen<T> {
+    times: usize,
+    value: Option<T>,
+}
+
+pub(crate) fn pending_then<T>(times: usize, value: T) -> PendingThen<T> {
+    PendingThen {
+        times,
+        value: Some(value),
+    }
+}
+
+impl<T: Unpin> Future for PendingThen<T> {
+    type Output = T;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        if self.times == 0 {
+            return Poll::Ready(self.value.take().expect("polled after ready"));
+        }
+        self.times -= 1;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+/// Polls `future` once with a waker that does nothing.
+pub(crate) fn poll_once<F: Future + Unpin>(future: &mut F) -> Poll<F::Output> {
+    Pin::new(future).poll(&mut Context::from_waker(Waker::noop()))
+}
+
+/// Polls `future` to completion; returns its output and how many polls returned `Pending`.
+pub(crate) fn drive<F: Future + Unpin>(mut future: F) -> (F::Output, usize) {
+    let mut pending = 0;
+    loop {
+        match poll_once(&mut future) {
+            Poll::Ready(output) => return (output, pending),
+            Poll::Pending => pending += 1,
+        }
+    }
+}
+
+/// Runs the child that plays `role` for `test_name`, which must die of `SIGABRT` before it
+/// prints `CHILD-SURVIVED`; returns its stderr.
+pub(crate) fn child_aborts(test_name: &str, role: &str) -> String {
+    let output = run_child(test_name, role);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        terminating_signal(&output),
+        Some(libc::SIGABRT),
+        "{output:?}"
+    );
+    assert!(!stdout.contains("CHILD-SURVIVED"), "{stdout}");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// [`child_aborts`], for a child killed by Rust because `message` was a panic in a destructor
+/// run during unwinding.
+pub(crate) fn child_aborts_on_a_destructor_panic_during_cleanup(
+    test_name: &str,
+    role: &str,
+    message: &str,
+) {
+    let stderr = child_aborts(test_name, role);
+    assert!(stderr.contains(message), "{stderr}");
+    assert!(
+        stderr.contains("panic in a destructor during cleanup"),
+        "{stderr}"
+    );
+}
+
+/// Panics with its message when dropped.
+pub(crate) struct PanicOnDrop(pub(crate) &'static str);
+
+impl Drop for PanicOnDrop {
+    fn drop(&mut self) {
+        panic!("{}", self.0);
     }
 }
