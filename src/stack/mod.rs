@@ -51,6 +51,7 @@
 
 mod os;
 mod overflow;
+mod slab;
 mod valgrind;
 
 use std::cell::Cell;
@@ -99,8 +100,9 @@ pub enum StackError {
         /// [`MAX_STACK_SIZE`].
         maximum: usize,
     },
-    /// The process has as many memory mappings as `vm.max_map_count` allows; each stack takes
-    /// two (its guard page and its usable part).
+    /// The process has as many memory mappings as `vm.max_map_count` allows; each stack with a
+    /// guard page takes two (its guard page and its usable part), and so does each slab of
+    /// stacks without guard pages (see [`set_guard_pages`]).
     MapCountExhausted {
         /// The value of `vm.max_map_count`.
         limit: usize,
@@ -140,8 +142,9 @@ impl fmt::Display for StackError {
             StackError::MapCountExhausted { limit } => write!(
                 f,
                 "cannot map a greenlet stack: the process has reached vm.max_map_count = {limit} \
-                 memory mappings (each stack takes 2); raise it with `sysctl vm.max_map_count=N` \
-                 or keep fewer greenlets alive"
+                 memory mappings (each stack with a guard page takes 2); raise it with \
+                 `sysctl vm.max_map_count=N`, keep fewer greenlets alive, or make stacks \
+                 without guard pages (awaitlet::stack::set_guard_pages(false))"
             ),
             StackError::AddressSpaceExhausted { limit, mapping } => write!(
                 f,
@@ -177,9 +180,18 @@ struct Header {
     mapping_len: usize,
     /// Usable bytes between the guard page and the mapping end.
     size: usize,
+    /// What the pool matches requests against: the size class (a whole number of pages),
+    /// with [`CARVED_KEY`] set for a stack carved from a slab.
+    pool_key: usize,
+    /// The slab a carved stack belongs to; null for a stack with a mapping of its own.
+    slab: *mut slab::Slab,
     /// Valgrind's id for this stack (0 when not running under Valgrind).
     valgrind_id: usize,
 }
+
+/// The bit of [`Header::pool_key`] that marks a carved stack (size classes are whole pages, so
+/// their low bits are free).
+const CARVED_KEY: usize = 1;
 
 /// One greenlet stack: a guard-paged mapping, owned, `!Send` (it is registered with its thread's
 /// overflow handler and pool).
@@ -225,6 +237,12 @@ impl Stack {
     }
 
     fn map(size: usize) -> Result<Stack, StackError> {
+        if !pool::guard_pages() {
+            return Ok(Stack {
+                header: slab::carve(size)?,
+                _not_send: PhantomData,
+            });
+        }
         let page = os::page_size();
         let mapping_len = size + page;
         let mapping_start = os::map_guarded(mapping_len, page)?;
@@ -238,6 +256,8 @@ impl Stack {
             mapping_start,
             mapping_len,
             size,
+            pool_key: size,
+            slab: std::ptr::null_mut(),
             valgrind_id,
         };
         let header = header_address as *mut Header;
@@ -258,7 +278,8 @@ impl Stack {
         unsafe { self.header.as_ref() }
     }
 
-    /// Usable bytes, between the guard page and the top.
+    /// Usable bytes, between the guard page and the top. A stack carved without a guard page
+    /// (see [`set_guard_pages`]) has its canary's [`CANARY_BYTES`] less than it was asked for.
     pub fn size(&self) -> usize {
         self.header().size
     }
@@ -278,10 +299,9 @@ impl Stack {
         valgrind::make_undefined(from, self.top() as usize - from);
     }
 
-    /// The lowest usable address, just above the guard page.
+    /// The lowest usable address, just above the guard page (or the canary).
     pub(crate) fn bottom(&self) -> *mut u8 {
-        let header = self.header();
-        (header.mapping_start + header.mapping_len - header.size) as *mut u8
+        bottom(self.header)
     }
 
     /// Unmaps the stack now instead of returning it to the pool.
@@ -318,6 +338,13 @@ impl fmt::Debug for Stack {
 ///
 /// `header` must belong to a stack that nothing uses or refers to any more.
 unsafe fn unmap(header: NonNull<Header>) {
+    // SAFETY: the caller guarantees the stack is unused.
+    let slab = unsafe { header.as_ref() }.slab;
+    if !slab.is_null() {
+        // SAFETY: as above; the stack is carved, and released only here.
+        unsafe { slab::release(header) };
+        return;
+    }
     overflow::deregister(header);
     // SAFETY: the caller guarantees the stack is unused; copy what we need before the unmap.
     let (start, len, valgrind_id) = unsafe {
@@ -326,6 +353,14 @@ unsafe fn unmap(header: NonNull<Header>) {
     };
     valgrind::deregister_stack(valgrind_id);
     os::unmap(start, len);
+}
+
+/// The lowest usable address of the stack whose header is `header`: the header sits at the top
+/// of the stack's usable bytes.
+fn bottom(header: NonNull<Header>) -> *mut u8 {
+    // SAFETY: headers handed around here are valid.
+    let size = unsafe { header.as_ref() }.size;
+    (header.as_ptr() as usize + std::mem::size_of::<Header>() - size) as *mut u8
 }
 
 /// Validates a requested size and rounds it up to whole pages.
@@ -371,6 +406,56 @@ pub fn pool_len() -> usize {
 /// ```
 pub fn trim_pool() {
     pool::trim();
+    slab::check_all();
+}
+
+/// Bytes at the bottom of every stack carved without a guard page taken by its canary.
+pub const CANARY_BYTES: usize = slab::CANARY_BYTES;
+
+/// How many stacks one shared mapping (slab) holds at most when guard pages are off; fewer
+/// for stacks above 4 MiB, so that a slab spans at most 256 MiB.
+pub const SLAB_STACKS: usize = slab::SLAB_STACKS;
+
+/// Turns guard pages on or off for the stacks this thread makes from now on; returns the
+/// previous setting. They are on by default.
+///
+/// With guard pages on, every stack is a mapping of its own with a `PROT_NONE` page below it:
+/// an overflow faults at once and is reported. That costs two kernel memory maps per stack, and
+/// Linux allows a process `vm.max_map_count` maps (65,530 by default), so about 32,000 stacks
+/// can be alive at once.
+///
+/// With guard pages off, stacks are carved from shared mappings of [`SLAB_STACKS`] stacks
+/// (slabs) that cost two maps each, so millions of stacks fit under the default limit. An
+/// overflow then cannot fault (but in the lowest stack of a slab): it is detected by a canary
+/// at the bottom of the stack, checked when the stack is released, which may be long after the
+/// overflow has overwritten the stack below it. See the [module docs](self#dense-stacks).
+///
+/// The setting is per thread; stacks already made keep their kind, and the pool hands out only
+/// stacks of the current kind.
+///
+/// ```
+/// use awaitlet::stack::{set_guard_pages, Stack, CANARY_BYTES, DEFAULT_STACK_SIZE};
+///
+/// let previous = set_guard_pages(false);
+/// assert!(previous, "on by default");
+/// let dense = Stack::new(DEFAULT_STACK_SIZE)?;
+/// assert_eq!(dense.size(), DEFAULT_STACK_SIZE - CANARY_BYTES);
+/// set_guard_pages(previous);
+/// let guarded = Stack::new(DEFAULT_STACK_SIZE)?;
+/// assert_eq!(guarded.size(), DEFAULT_STACK_SIZE);
+/// # Ok::<(), awaitlet::stack::StackError>(())
+/// ```
+pub fn set_guard_pages(enabled: bool) -> bool {
+    pool::set_guard_pages(enabled)
+}
+
+/// Whether stacks made by this thread get guard pages (see [`set_guard_pages`]).
+///
+/// ```
+/// assert!(awaitlet::stack::guard_pages());
+/// ```
+pub fn guard_pages() -> bool {
+    pool::guard_pages()
 }
 
 mod pool {
@@ -381,7 +466,9 @@ mod pool {
     //! the pool keeps a stack, unmaps what the pool holds when the thread exits; after that the
     //! pool is closed and dropped stacks are unmapped directly.
 
-    use super::{Header, POOL_CAPACITY, POOL_WATERMARK, Stack, TRIM_PERIOD, os, unmap};
+    use super::{
+        CARVED_KEY, Header, POOL_CAPACITY, POOL_WATERMARK, Stack, TRIM_PERIOD, os, slab, unmap,
+    };
     use std::cell::Cell;
     use std::marker::PhantomData;
     use std::ptr::NonNull;
@@ -394,6 +481,8 @@ mod pool {
         open: Cell<bool>,
         /// The thread is exiting and the guard has run: keep nothing any more.
         closed: Cell<bool>,
+        /// [`CARVED_KEY`] when new stacks are carved without guard pages, else 0.
+        carving: Cell<usize>,
     }
 
     impl Pool {
@@ -441,6 +530,7 @@ mod pool {
                 returns_until_trim: Cell::new(TRIM_PERIOD),
                 open: Cell::new(false),
                 closed: Cell::new(false),
+                carving: Cell::new(0),
             }
         };
         static EXIT_GUARD: ExitGuard = const { ExitGuard };
@@ -450,12 +540,13 @@ mod pool {
     #[inline]
     pub(super) fn take(size: usize) -> Option<Stack> {
         POOL.with(|pool| {
+            let key = size | pool.carving.get();
             let mut link = &pool.head;
             loop {
                 let header = NonNull::new(link.get())?;
                 // SAFETY: pooled headers are valid and owned by the pool.
                 let current = unsafe { header.as_ref() };
-                if current.size == size {
+                if current.pool_key == key {
                     link.set(current.pool_next.get());
                     pool.len.set(pool.len.get() - 1);
                     return Some(Stack {
@@ -471,6 +562,10 @@ mod pool {
     /// Pools a stack; hands it back when the pool is full or closed (thread exit).
     #[inline]
     pub(super) fn give_back(header: NonNull<Header>) -> Result<(), NonNull<Header>> {
+        // SAFETY: the stack is being dropped, so its header is valid.
+        if unsafe { header.as_ref() }.pool_key & CARVED_KEY != 0 {
+            slab::check_canary(header);
+        }
         POOL.with(|pool| {
             if pool.len.get() >= POOL_CAPACITY || !(pool.open.get() || pool.open()) {
                 return Err(header);
@@ -492,13 +587,22 @@ mod pool {
     /// Gives the pages of a returned stack below the watermark back to the kernel.
     #[cold]
     fn release_deep_pages(header: NonNull<Header>) {
-        // SAFETY: the stack is being dropped, so its header is valid and unused.
-        let stack = unsafe { header.as_ref() };
         let top = header.as_ptr() as usize;
-        let bottom = stack.mapping_start + stack.mapping_len - stack.size;
+        let bottom = super::bottom(header) as usize;
         if top - bottom > POOL_WATERMARK {
             os::release_pages(bottom, top - POOL_WATERMARK);
         }
+    }
+
+    pub(super) fn set_guard_pages(enabled: bool) -> bool {
+        POOL.with(|pool| {
+            let carving = if enabled { 0 } else { CARVED_KEY };
+            pool.carving.replace(carving) == 0
+        })
+    }
+
+    pub(super) fn guard_pages() -> bool {
+        POOL.with(|pool| pool.carving.get() == 0)
     }
 
     pub(super) fn len() -> usize {

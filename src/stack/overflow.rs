@@ -84,7 +84,8 @@ fn guarded_stack_size(address: usize) -> Option<usize> {
         // SAFETY: registered headers stay valid until deregistered, which happens on this thread.
         let header = unsafe { header.as_ref() };
         if (header.mapping_start..header.mapping_start + page).contains(&address) {
-            return Some(header.size);
+            // The size class: what the stack was asked for, canary included when carved.
+            return Some(header.pool_key & !super::CARVED_KEY);
         }
         next = header.registry_next.get();
     }

@@ -74,3 +74,67 @@ fn enomem_without_a_known_limit_is_out_of_memory_and_other_errors_name_the_call(
     );
     assert!(other.to_string().contains("mprotect failed"), "{other}");
 }
+
+#[test]
+fn carved_stacks_are_usable_to_their_full_size_and_do_not_overlap() {
+    std::thread::spawn(|| {
+        assert!(super::set_guard_pages(false));
+        let size = super::MIN_STACK_SIZE;
+        // Two slabs' worth and a few, so that stacks of two slabs are compared too.
+        let stacks: Vec<Stack> = (0..2 * super::SLAB_STACKS + 3)
+            .map(|_| Stack::new(size).unwrap())
+            .collect();
+        assert_eq!(super::slab::count(), 3);
+        for (index, stack) in stacks.iter().enumerate() {
+            assert_eq!(stack.size(), size - super::CANARY_BYTES);
+            assert_eq!(stack.bottom() as usize % os::page_size(), 0);
+            let (bottom, top) = (stack.bottom() as usize, stack.top() as usize);
+            assert_eq!(bottom + stack.size(), top + std::mem::size_of::<super::Header>());
+            // SAFETY: `[bottom, top)` is the free part of a stack nothing runs on.
+            unsafe { std::ptr::write_bytes(bottom as *mut u8, index as u8, top - bottom) };
+        }
+        for (index, stack) in stacks.iter().enumerate() {
+            let (bottom, top) = (stack.bottom() as usize, stack.top() as usize);
+            // SAFETY: as above; we only read.
+            let bytes = unsafe { std::slice::from_raw_parts(bottom as *const u8, top - bottom) };
+            assert!(
+                bytes.iter().all(|&byte| byte == index as u8),
+                "stack {index} was overwritten by another"
+            );
+        }
+        // Every canary survived the writes right above it: dropping checks them all.
+        drop(stacks);
+        super::trim_pool();
+        assert_eq!(super::slab::count(), 0, "empty slabs stay mapped");
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
+fn the_pool_hands_out_only_stacks_of_the_current_kind() {
+    std::thread::spawn(|| {
+        let size = super::MIN_STACK_SIZE;
+        let guarded = Stack::new(size).unwrap();
+        let guarded_bottom = guarded.bottom();
+        drop(guarded);
+        super::set_guard_pages(false);
+        let carved = Stack::new(size).unwrap();
+        assert_ne!(carved.bottom(), guarded_bottom, "a guarded stack was handed out");
+        assert_eq!(carved.size(), size - super::CANARY_BYTES);
+        let carved_bottom = carved.bottom();
+        drop(carved);
+        assert_eq!(pool_len(), 2);
+        let again = Stack::new(size).unwrap();
+        assert_eq!(again.bottom(), carved_bottom, "the pooled carved stack was not reused");
+        assert!(!super::set_guard_pages(true));
+        let guarded_again = Stack::new(size).unwrap();
+        assert_eq!(guarded_again.bottom(), guarded_bottom);
+        assert_eq!(guarded_again.size(), size);
+        drop((again, guarded_again));
+        super::trim_pool();
+        assert_eq!(super::slab::count(), 0);
+    })
+    .join()
+    .unwrap();
+}
