@@ -17,8 +17,7 @@ use std::task::{Context, Poll, Waker};
 
 use awaitlet::engine::Fiber;
 use awaitlet::stack::{
-    DEFAULT_STACK_SIZE, MIN_STACK_SIZE, SLAB_STACKS, Stack, guard_pages, set_guard_pages,
-    trim_pool,
+    DEFAULT_STACK_SIZE, MIN_STACK_SIZE, SLAB_STACKS, Stack, guard_pages, set_guard_pages, trim_pool,
 };
 use awaitlet::{AsyncDef, async_def, awaitlet};
 use common::{catch, is_child, run_child, terminating_signal, text};
@@ -307,13 +306,8 @@ fn suspend_then_complete(count: usize, stack_size: usize) -> usize {
     let mut cx = Context::from_waker(Waker::noop());
     let mut futures: Vec<AsyncDef<'_, u64>> = Vec::with_capacity(count);
     for index in 0..count {
-        let (gate, started, suspended_now, most_suspended, drops) = (
-            &gate,
-            &started,
-            &suspended_now,
-            &most_suspended,
-            &drops,
-        );
+        let (gate, started, suspended_now, most_suspended, drops) =
+            (&gate, &started, &suspended_now, &most_suspended, &drops);
         let mut future = async_def(move || {
             let held = Tracked(drops.clone());
             started.set(started.get() + 1);
@@ -333,7 +327,11 @@ fn suspend_then_complete(count: usize, stack_size: usize) -> usize {
     }
     assert_eq!(started.get(), count);
     assert_eq!(suspended_now.get(), count, "not all suspended at once");
-    assert_eq!(drops.get(), 0, "a value held across the wait was dropped early");
+    assert_eq!(
+        drops.get(),
+        0,
+        "a value held across the wait was dropped early"
+    );
     let maps_while_suspended = count_mappings();
     gate.set(true);
     for (index, future) in futures.iter_mut().enumerate() {

@@ -1,4 +1,5 @@
-//! Greenlet stacks: mmap'd, guard-paged, lazily committed, pooled per thread.
+//! Greenlet stacks: mmap'd, guard-paged (or densely carved, opt-in), lazily committed, pooled
+//! per thread.
 //!
 //! # Layout
 //!
@@ -48,6 +49,40 @@
 //! stack (the overflowed stack has no room left): it prints one line naming the greenlet stack's
 //! size and how to raise it, then aborts. Faults anywhere else go to whatever handler was
 //! installed before, unchanged. See `overflow.rs`.
+//!
+//! # Dense stacks
+//!
+//! Linux caps the kernel memory maps (VMAs) of a process at `vm.max_map_count`, 65,530 by
+//! default. A guarded stack takes two: its `PROT_NONE` guard page and its read-write part,
+//! which can never merge with a neighbour's since their protections alternate. So about 32,000
+//! guarded stacks can be alive at once, and past that [`Stack::new`] fails with
+//! [`StackError::MapCountExhausted`] (and `async_def` panics with its message).
+//!
+//! [`set_guard_pages(false)`](set_guard_pages) lifts that limit for the calling thread: its new
+//! stacks are carved from shared mappings (slabs) of [`SLAB_STACKS`] stacks of one size, with
+//! one guard page at the very bottom of the slab. The carved stacks sit side by side in one
+//! read-write region, so a slab costs two maps in all: a hundred thousand 1 MiB stacks take
+//! about 3,200 maps. Carved stacks go through the same pool as guarded ones (the pool hands out
+//! only stacks of the kind the thread asks for), are registered with Valgrind the same way, and
+//! a slab is unmapped when the last of its stacks is released. Memory is committed page by page
+//! as with guarded stacks: a greenlet suspended a few frames deep keeps one page resident.
+//!
+//! The price is overflow detection. Only the lowest stack of a slab sits on a guard page. Every
+//! carved stack has instead a canary of [`CANARY_BYTES`] at its bottom, checked when the stack
+//! is released (dropped, pooled or unmapped), when its slab is unmapped, on [`trim_pool`], and
+//! in a sweep over all of the thread's carved stacks each time its count of slabs reaches a new
+//! power of two; a broken canary prints one line naming the stack size and the missing guard
+//! page, then aborts. An overflow is thus caught late, not when it happens: by then it may have
+//! overwritten the stack below (another greenlet's frames, or the bookkeeping at its top), and
+//! that greenlet may misbehave before the check runs. This is why guard pages stay the default,
+//! and dense stacks are for programs that need more greenlets than the map limit allows and
+//! give them stacks with room to spare. Checking on every switch would catch it sooner, but
+//! costs every switch; checking on release costs a comparison of four words per stack.
+//!
+//! The alternatives were worse: raising `vm.max_map_count` needs root and is a system-wide
+//! setting; stacks without any protection would overflow silently; a guard page per stack,
+//! however the stacks are grouped, costs a map per stack for the guard and one per stack for
+//! the read-write part between two guards.
 
 mod os;
 mod overflow;

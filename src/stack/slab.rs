@@ -226,8 +226,8 @@ fn check_canary_at(slot_start: usize, size_class: usize) {
     let canary = slot_start as *const u64;
     // SAFETY: a carved slot's first four words are mapped and hold its canary; volatile so that
     // the check reads memory even where the compiler saw the canary written.
-    let intact = (0..CANARY.len())
-        .all(|word| unsafe { canary.add(word).read_volatile() } == CANARY[word]);
+    let intact =
+        (0..CANARY.len()).all(|word| unsafe { canary.add(word).read_volatile() } == CANARY[word]);
     if !intact {
         report_broken_canary(size_class);
     }

@@ -89,7 +89,10 @@ fn carved_stacks_are_usable_to_their_full_size_and_do_not_overlap() {
             assert_eq!(stack.size(), size - super::CANARY_BYTES);
             assert_eq!(stack.bottom() as usize % os::page_size(), 0);
             let (bottom, top) = (stack.bottom() as usize, stack.top() as usize);
-            assert_eq!(bottom + stack.size(), top + std::mem::size_of::<super::Header>());
+            assert_eq!(
+                bottom + stack.size(),
+                top + std::mem::size_of::<super::Header>()
+            );
             // SAFETY: `[bottom, top)` is the free part of a stack nothing runs on.
             unsafe { std::ptr::write_bytes(bottom as *mut u8, index as u8, top - bottom) };
         }
@@ -120,13 +123,21 @@ fn the_pool_hands_out_only_stacks_of_the_current_kind() {
         drop(guarded);
         super::set_guard_pages(false);
         let carved = Stack::new(size).unwrap();
-        assert_ne!(carved.bottom(), guarded_bottom, "a guarded stack was handed out");
+        assert_ne!(
+            carved.bottom(),
+            guarded_bottom,
+            "a guarded stack was handed out"
+        );
         assert_eq!(carved.size(), size - super::CANARY_BYTES);
         let carved_bottom = carved.bottom();
         drop(carved);
         assert_eq!(pool_len(), 2);
         let again = Stack::new(size).unwrap();
-        assert_eq!(again.bottom(), carved_bottom, "the pooled carved stack was not reused");
+        assert_eq!(
+            again.bottom(),
+            carved_bottom,
+            "the pooled carved stack was not reused"
+        );
         assert!(!super::set_guard_pages(true));
         let guarded_again = Stack::new(size).unwrap();
         assert_eq!(guarded_again.bottom(), guarded_bottom);
