@@ -503,10 +503,9 @@ pub(crate) fn await_in_driven<F: Future>(fut: F) -> Result<F::Output, NotAwaited
         let (word, origin) = unsafe { switch_to::<Resume>(me, poller, 0) };
         driven.parked.set(false);
         // SAFETY: the sender is alive (it just switched); its state and count are only read.
-        let plain = word == 0
-            && origin == driven.poller.get()
-            && !trace::is_set()
-            && unsafe { (*origin).is_main || (*origin).references() != 1 };
+        let sender_kept = unsafe { (*origin).is_main || (*origin).references() != 1 };
+        // A sender left with only its own reference was abandoned (rule 43): `settle` kills it.
+        let plain = word == 0 && origin == driven.poller.get() && !trace::is_set() && sender_kept;
         if !plain {
             // SAFETY: `word` is untouched; we await a `Resume`.
             resumed_otherwise(unsafe { receive_out_of_line::<Resume>(word, origin, me) });
