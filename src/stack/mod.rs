@@ -252,6 +252,7 @@ pub struct Stack {
 impl Stack {
     /// A stack of at least `size` usable bytes (rounded up to whole pages), from this thread's
     /// pool when it has one of that size, freshly mapped otherwise.
+    #[inline]
     pub fn new(size: usize) -> Result<Stack, StackError> {
         let size = checked_size(size)?;
         if let Some(stack) = pool::take(size) {
