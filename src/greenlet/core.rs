@@ -311,7 +311,7 @@ pub(super) struct Extra {
 /// `entry_fn` must start a greenlet whose closure is an `F` and whose first value is an `A`.
 /// Whatever `run` borrows must outlive every moment the greenlet can run: the caller makes sure
 /// the greenlet is finished (or never started) before those borrows end.
-#[inline(always)]
+#[inline]
 pub(super) unsafe fn build_record<A: 'static, F>(
     stack: Stack,
     run: F,
@@ -1100,7 +1100,7 @@ pub(super) unsafe fn refuse_start(start: Start, panic: Box<dyn Any + Send>) -> B
 
 /// The end of a greenlet, in its entry function: it is dead, and `outcome` goes to its parent
 /// with the final switch away from its stack.
-#[inline(always)]
+#[inline]
 pub(super) fn finish<B: 'static>(me: Greenlet, outcome: std::thread::Result<B>) -> ! {
     let me_pointer = RecordRef::as_ptr(&me.record);
     me.record.state.set(State::Dead);
