@@ -17,7 +17,7 @@ use std::thread;
 
 use awaitlet::greenlet::settrace;
 use awaitlet::{Greenlet, GreenletExit, getcurrent};
-use common::{child_command, is_child};
+use common::{assert_memory_flat, child_command, is_child, process_memory};
 
 const VANISHED: &str = "Killing the greenlet because all references have vanished.";
 
@@ -281,21 +281,6 @@ fn threads_ping_pong_concurrently_with_their_own_main_greenlets() {
     }
 }
 
-/// Mapping count and virtual size (kB) of this process.
-fn memory() -> (usize, usize) {
-    let maps = std::fs::read_to_string("/proc/self/maps")
-        .unwrap()
-        .lines()
-        .count();
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let vm_size = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmSize:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    (maps, vm_size)
-}
-
 // Threads that exit holding suspended greenlets (in locals and in a thread-local) do not leak
 // their stacks: after a warm-up, many more such threads leave the mapping count and virtual
 // size flat. In a child process, alone, so other tests' threads do not disturb the numbers.
@@ -320,25 +305,14 @@ fn stacks_of_greenlets_left_at_thread_exit_are_not_leaked() {
                 .sum::<usize>()
         };
         let mut handed_out = round(&tally) + round(&tally);
-        let before = memory();
+        let before = process_memory();
         for _ in 0..25 {
             handed_out += round(&tally);
         }
-        let after = memory();
+        let after = process_memory();
         assert_eq!(tally.dropped(), handed_out, "every destructor ran once");
         // 25 rounds x 8 threads x 14 stacks of 1 MiB: a leak would add ~2800 stacks.
-        assert!(
-            after.0 <= before.0 + 64,
-            "mappings grew from {} to {}",
-            before.0,
-            after.0
-        );
-        assert!(
-            after.1 <= before.1 + 64 * 1024,
-            "virtual size grew from {} kB to {} kB",
-            before.1,
-            after.1
-        );
+        assert_memory_flat(before, after);
         println!("CHILD-OK {before:?} {after:?}");
         return;
     }

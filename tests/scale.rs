@@ -20,7 +20,7 @@ use awaitlet::stack::{
     DEFAULT_STACK_SIZE, MIN_STACK_SIZE, SLAB_STACKS, Stack, guard_pages, set_guard_pages, trim_pool,
 };
 use awaitlet::{AsyncDef, async_def, awaitlet};
-use common::{catch, is_child, run_child, terminating_signal, text};
+use common::{catch, child_dies_of_overflow, child_killed_by, is_child, run_child, text};
 
 fn count_mappings() -> usize {
     std::fs::read_to_string("/proc/self/maps")
@@ -180,19 +180,12 @@ fn overflowing_a_stack_without_guard_page_aborts_when_it_is_released() {
         drop(lowest);
         return;
     }
-    let output = run_child(
+    let (stdout, stderr) = child_killed_by(
         "overflowing_a_stack_without_guard_page_aborts_when_it_is_released",
         "canary",
+        libc::SIGABRT,
     );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(
-        terminating_signal(&output),
-        Some(libc::SIGABRT),
-        "{output:?}"
-    );
-    assert!(stdout.contains("CHILD-RAN"), "{output:?}");
-    assert!(!stdout.contains("CHILD-SURVIVED"), "{output:?}");
+    assert!(stdout.contains("CHILD-RAN"), "{stdout}");
     let expected = "awaitlet: a greenlet overflowed its 64 KiB stack, which had no guard page \
          (awaitlet::stack::set_guard_pages(false)), so memory below it may be corrupted; \
          give it a larger one with Greenlet::builder().stack_size(bytes) or \
@@ -212,19 +205,10 @@ fn the_lowest_stack_of_a_slab_overflows_into_its_guard_page() {
         println!("CHILD-SURVIVED {outcome:?}");
         return;
     }
-    let output = run_child(
+    child_dies_of_overflow(
         "the_lowest_stack_of_a_slab_overflows_into_its_guard_page",
         "slab-guard",
-    );
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(
-        terminating_signal(&output),
-        Some(libc::SIGABRT),
-        "{output:?}"
-    );
-    assert!(
-        stderr.contains("awaitlet: a greenlet overflowed its 32 KiB stack; give it a larger one"),
-        "{stderr}"
+        32,
     );
 }
 

@@ -12,7 +12,7 @@ use awaitlet::stack::{
     DEFAULT_STACK_SIZE, MAX_STACK_SIZE, MIN_STACK_SIZE, POOL_CAPACITY, Stack, StackError, pool_len,
     trim_pool,
 };
-use common::{is_child, run_child, terminating_signal};
+use common::{child_dies_of_overflow, child_killed_by, is_child, run_child};
 
 #[test]
 fn sizes_below_the_minimum_are_refused_with_the_minimum_named() {
@@ -212,29 +212,11 @@ fn overflowing_a_greenlet_stack_prints_its_size_and_aborts() {
         println!("CHILD-SURVIVED {outcome:?}");
         return;
     }
-    assert_child_died_of_overflow(
+    child_dies_of_overflow(
         "overflowing_a_greenlet_stack_prints_its_size_and_aborts",
         "overflow",
         64,
     );
-}
-
-/// Runs the child `role` of `test` and checks it died of an overflow of a `kib` KiB stack: the
-/// one-line report on stderr, then SIGABRT, with nothing after the overflow.
-fn assert_child_died_of_overflow(test: &str, role: &str, kib: usize) {
-    let output = run_child(test, role);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(
-        terminating_signal(&output),
-        Some(libc::SIGABRT),
-        "{output:?}"
-    );
-    let expected = format!(
-        "awaitlet: a greenlet overflowed its {kib} KiB stack; give it a larger one with \
-         Greenlet::builder().stack_size(bytes) or AsyncDef::stack_size(bytes)\n"
-    );
-    assert!(stderr.contains(&expected), "{stderr}");
-    assert!(!String::from_utf8_lossy(&output.stdout).contains("CHILD-SURVIVED"));
 }
 
 #[test]
@@ -265,7 +247,7 @@ fn overflow_is_reported_on_threads_without_an_alternate_signal_stack() {
         println!("CHILD-SURVIVED");
         return;
     }
-    assert_child_died_of_overflow(
+    child_dies_of_overflow(
         "overflow_is_reported_on_threads_without_an_alternate_signal_stack",
         "overflow-raw-thread",
         32,
@@ -283,15 +265,10 @@ fn faults_outside_guard_pages_reach_the_previous_handler_unchanged() {
         println!("CHILD-SURVIVED");
         return;
     }
-    let output = run_child(
+    let (_, stderr) = child_killed_by(
         "faults_outside_guard_pages_reach_the_previous_handler_unchanged",
         "foreign-fault",
-    );
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(
-        terminating_signal(&output),
-        Some(libc::SIGSEGV),
-        "{output:?}"
+        libc::SIGSEGV,
     );
     assert!(!stderr.contains("awaitlet"), "{stderr}");
 }

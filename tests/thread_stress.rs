@@ -24,7 +24,7 @@ use std::task::{Context, Poll, Waker};
 use std::thread;
 
 use awaitlet::{AsyncDef, Cancelled, Greenlet, GreenletExit, async_def, awaitlet, getcurrent};
-use common::{child_command, is_child};
+use common::{assert_memory_flat, child_command, is_child, process_memory};
 use futures::task::LocalSpawnExt;
 
 const THREADS: u64 = 8;
@@ -724,21 +724,6 @@ fn threads_run_their_own_greenlets_and_bridges_and_exit_with_them_suspended() {
     check_exits(&tally, expected);
 }
 
-/// Mapping count and virtual size (kB) of this process.
-fn memory() -> (usize, usize) {
-    let maps = std::fs::read_to_string("/proc/self/maps")
-        .unwrap()
-        .lines()
-        .count();
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let vm_size = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmSize:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    (maps, vm_size)
-}
-
 // Threads exiting with suspended greenlets and AsyncDefs leak none of their stacks: after a
 // warm-up, many more rounds leave the mapping count and virtual size flat. In a child process,
 // alone, with one malloc arena, so that other tests' threads and new arenas do not move the
@@ -748,26 +733,15 @@ fn threads_exiting_with_suspended_stacks_leak_no_mappings() {
     if is_child("no-leak") {
         let tally = Arc::new(Tally::default());
         let mut expected = run_threads(&tally) + run_threads(&tally);
-        let before = memory();
+        let before = process_memory();
         for _ in 0..8 {
             expected = expected + run_threads(&tally);
         }
-        let after = memory();
+        let after = process_memory();
         check_exits(&tally, expected);
         // 8 rounds x 8 threads x some 30 stacks of 1 MiB: a leak would add thousands of
         // mappings and gigabytes of address space.
-        assert!(
-            after.0 <= before.0 + 64,
-            "mappings grew from {} to {}",
-            before.0,
-            after.0
-        );
-        assert!(
-            after.1 <= before.1 + 64 * 1024,
-            "virtual size grew from {} kB to {} kB",
-            before.1,
-            after.1
-        );
+        assert_memory_flat(before, after);
         println!("CHILD-OK {before:?} {after:?}");
         return;
     }

@@ -120,18 +120,30 @@ pub(crate) fn drive<F: Future + Unpin>(mut future: F) -> (F::Output, usize) {
     }
 }
 
-/// Runs the child that plays `role` for `test_name`, which must die of `SIGABRT` before it
-/// prints `CHILD-SURVIVED`; returns its stderr.
-pub(crate) fn child_aborts(test_name: &str, role: &str) -> String {
+/// Runs the child that plays `role` for `test_name`, which must die of `signal` before it
+/// prints `CHILD-SURVIVED`; returns its stdout and stderr.
+pub(crate) fn child_killed_by(test_name: &str, role: &str, signal: i32) -> (String, String) {
     let output = run_child(test_name, role);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(
-        terminating_signal(&output),
-        Some(libc::SIGABRT),
-        "{output:?}"
-    );
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert_eq!(terminating_signal(&output), Some(signal), "{output:?}");
     assert!(!stdout.contains("CHILD-SURVIVED"), "{stdout}");
-    String::from_utf8_lossy(&output.stderr).into_owned()
+    (stdout, String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+/// [`child_killed_by`] `SIGABRT`; returns the child's stderr.
+pub(crate) fn child_aborts(test_name: &str, role: &str) -> String {
+    child_killed_by(test_name, role, libc::SIGABRT).1
+}
+
+/// Runs the child `role` of `test` and checks it died of an overflow of a `kib` KiB stack with
+/// a guard page: the one-line report on stderr, then SIGABRT, with nothing after the overflow.
+pub(crate) fn child_dies_of_overflow(test: &str, role: &str, kib: usize) {
+    let stderr = child_aborts(test, role);
+    let expected = format!(
+        "awaitlet: a greenlet overflowed its {kib} KiB stack; give it a larger one with \
+         Greenlet::builder().stack_size(bytes) or AsyncDef::stack_size(bytes)\n"
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
 }
 
 /// [`child_aborts`], for a child killed by Rust because `message` was a panic in a destructor
@@ -156,4 +168,36 @@ impl Drop for PanicOnDrop {
     fn drop(&mut self) {
         panic!("{}", self.0);
     }
+}
+
+/// This process's (mapping count, virtual size in kB), from `/proc/self`.
+pub(crate) fn process_memory() -> (usize, usize) {
+    let maps = std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .count();
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let vm_size = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmSize:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    (maps, vm_size)
+}
+
+/// Asserts that the mapping count and virtual size (from [`process_memory`]) stayed flat: at
+/// most 64 more mappings and 64 MiB more address space.
+pub(crate) fn assert_memory_flat(before: (usize, usize), after: (usize, usize)) {
+    assert!(
+        after.0 <= before.0 + 64,
+        "mappings grew from {} to {}",
+        before.0,
+        after.0
+    );
+    assert!(
+        after.1 <= before.1 + 64 * 1024,
+        "virtual size grew from {} kB to {} kB",
+        before.1,
+        after.1
+    );
 }
