@@ -400,22 +400,32 @@ fn bottom(header: NonNull<Header>) -> *mut u8 {
 }
 
 /// Validates a requested size and rounds it up to whole pages.
+///
+/// Inline, so that a constant size (the default's, most often) is checked at compile time.
+#[inline]
 fn checked_size(requested: usize) -> Result<usize, StackError> {
-    if requested < MIN_STACK_SIZE {
-        return Err(StackError::TooSmall {
-            requested,
-            minimum: MIN_STACK_SIZE,
-        });
-    }
-    if requested > MAX_STACK_SIZE {
-        return Err(StackError::TooLarge {
-            requested,
-            maximum: MAX_STACK_SIZE,
-        });
+    if !(MIN_STACK_SIZE..=MAX_STACK_SIZE).contains(&requested) {
+        return Err(size_error(requested));
     }
     // Page sizes are powers of two: round up with a mask, not a division.
     let page_mask = os::page_size() - 1;
     Ok((requested + page_mask) & !page_mask)
+}
+
+/// The error for a size [`checked_size`] refuses.
+#[cold]
+fn size_error(requested: usize) -> StackError {
+    if requested < MIN_STACK_SIZE {
+        StackError::TooSmall {
+            requested,
+            minimum: MIN_STACK_SIZE,
+        }
+    } else {
+        StackError::TooLarge {
+            requested,
+            maximum: MAX_STACK_SIZE,
+        }
+    }
 }
 
 /// How many stacks this thread's pool holds now.

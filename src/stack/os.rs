@@ -7,20 +7,25 @@ use super::StackError;
 static PAGE_SIZE: AtomicUsize = AtomicUsize::new(0);
 
 /// The system page size (cached after the first call).
+#[inline]
 pub(super) fn page_size() -> usize {
     match PAGE_SIZE.load(Ordering::Relaxed) {
-        0 => {
-            // SAFETY: sysconf has no preconditions.
-            let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-            let size = usize::try_from(size)
-                .ok()
-                .filter(|size| size.is_power_of_two())
-                .unwrap_or(4096);
-            PAGE_SIZE.store(size, Ordering::Relaxed);
-            size
-        }
+        0 => learn_page_size(),
         size => size,
     }
+}
+
+/// Asks the system for [`page_size`] (once per process, in practice).
+#[cold]
+fn learn_page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    let size = usize::try_from(size)
+        .ok()
+        .filter(|size| size.is_power_of_two())
+        .unwrap_or(4096);
+    PAGE_SIZE.store(size, Ordering::Relaxed);
+    size
 }
 
 fn errno() -> i32 {
