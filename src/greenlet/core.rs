@@ -707,11 +707,13 @@ pub(crate) fn transfer_value<T: 'static, R: 'static>(
         // handle, and awaits a `T`, which it moves out of `value` (never dropped here) before
         // anything else runs on our stack.
         let (word, origin) = unsafe { switch_to::<R>(me, RecordRef::as_ptr(&target.record), word) };
-        // The common case in a straight line: a plain value back, no trace hook, and a sender
-        // that neither finished nor was abandoned. Everything else is `receive`'s business.
+        // The common cases in a straight line: a plain value back, no trace hook, and a sender
+        // that neither finished nor was abandoned; or one that finished, returning that value,
+        // and is still referenced elsewhere (by the caller's handle, usually), so that adopting
+        // its self-reference frees nothing. Everything else is `receive`'s business.
+        let untraced_value = word & MESSAGE_TAG == 0 && !trace::is_set();
         // SAFETY: the sender is alive (it just switched); reading its state and count is all.
-        let plain = word & MESSAGE_TAG == 0
-            && !trace::is_set()
+        let plain = untraced_value
             && unsafe {
                 (*origin).state.get() == State::Active
                     && ((*origin).is_main || (*origin).references.get() != 1)
@@ -720,6 +722,16 @@ pub(crate) fn transfer_value<T: 'static, R: 'static>(
             // SAFETY: an untagged word is the address of an `R` (0 for a zero-sized one) in
             // the sender's suspended frame, moved out once, here.
             return Ok(unsafe { read_value::<R>(word) });
+        }
+        // SAFETY: as above.
+        let (state, references) = unsafe { ((*origin).state.get(), (*origin).references.get()) };
+        if untraced_value && state == State::Dead && references > 1 {
+            // SAFETY: as above, in the finished sender's frame, which stays mapped until its
+            // self-reference is dropped, after the read.
+            let value = unsafe { read_value::<R>(word) };
+            // SAFETY: the finished sender handed its self-reference over; another remains.
+            unsafe { release_finished_held(origin) };
+            return Ok(value);
         }
         // SAFETY: nothing has been taken from the word yet.
         return raise(unsafe { receive_out_of_line::<R>(word, origin, me) });
