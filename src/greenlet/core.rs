@@ -615,8 +615,10 @@ fn fast_word<T>(value: *mut T) -> Option<usize> {
 /// started yet, will start with) a switch that asks for exactly a `T`.
 #[inline(always)]
 fn accepts_fast<T: 'static>(target: &Record, me: *const Record) -> bool {
-    let state = target.state.get();
-    ((state == State::Active && !std::ptr::eq(target, me)) || state == State::Unstarted)
+    // Unstarted or active, and not running: the running greenlet is `me`, which is active
+    // (never unstarted), so one comparison with `me` covers both states.
+    matches!(target.state.get(), State::Unstarted | State::Active)
+        && !std::ptr::eq(target, me)
         && target.awaiting.get() == type_key::<T>()
 }
 
