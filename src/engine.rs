@@ -223,8 +223,12 @@ impl<F> Fiber<F> {
 }
 
 impl<F> Drop for Fiber<F> {
+    #[inline]
     fn drop(&mut self) {
-        self.finish();
+        // A finished fiber, the usual case, leaves nothing to do but return its stack.
+        if !self.is_finished() {
+            self.finish();
+        }
     }
 }
 

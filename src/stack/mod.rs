@@ -350,6 +350,7 @@ impl Stack {
 }
 
 impl Drop for Stack {
+    #[inline]
     fn drop(&mut self) {
         if let Err(header) = pool::give_back(self.header) {
             // SAFETY: we own the stack and the pool did not take it.
