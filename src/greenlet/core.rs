@@ -1118,35 +1118,47 @@ pub(super) unsafe fn refuse_start(start: Start, panic: Box<dyn Any + Send>) -> B
 pub(super) fn finish<B: 'static>(me: Greenlet, outcome: std::thread::Result<B>) -> ! {
     let me_pointer = RecordRef::as_ptr(&me.record);
     me.record.state.set(State::Dead);
-    let parent = me
-        .record
-        .parent
-        .borrow()
-        .clone()
-        .expect("a greenlet has a parent");
+    // The parent as a handle, for the walk to a receiver that may run code (closures of
+    // unstarted greenlets dropped on the way); the fast path needs only its address.
+    let parent = || {
+        me.record
+            .parent
+            .borrow()
+            .clone()
+            .expect("a greenlet has a parent")
+    };
     let mut returned = MaybeUninit::<B>::uninit();
     let value_ref;
     let mut message = None;
     let (word, receiver) = match outcome {
         Ok(value) => {
             let pointer = returned.write(value) as *mut B;
-            match fast_word(pointer).filter(|_| accepts_fast::<B>(&parent.record, me_pointer)) {
-                Some(word) => (word, RecordRef::as_ptr(&parent.record)),
+            // Our record, alive while our self-reference is, holds the parent alive.
+            let parent_record = me
+                .record
+                .parent
+                .borrow()
+                .as_ref()
+                .map(|parent| RecordRef::as_ptr(&parent.record))
+                .expect("a greenlet has a parent");
+            // SAFETY: see above.
+            let accepts = |_: &usize| unsafe { accepts_fast::<B>(&*parent_record, me_pointer) };
+            match fast_word(pointer).filter(accepts) {
+                Some(word) => (word, parent_record),
                 None => {
                     // SAFETY: `returned` is never dropped nor touched again by this frame; the
                     // receiver moves the value out before this stack is released.
                     value_ref = unsafe { ValueRef::new(pointer) };
-                    deliver_from_finished(&parent, Payload::Value(&value_ref), &mut message)
+                    deliver_from_finished(&parent(), Payload::Value(&value_ref), &mut message)
                 }
             }
         }
         // Rule 18: an uncaught GreenletExit reaches the parent as a value.
         Err(panic) if panic.is::<GreenletExit>() => {
-            deliver_from_finished(&parent, Payload::Boxed(panic), &mut message)
+            deliver_from_finished(&parent(), Payload::Boxed(panic), &mut message)
         }
-        Err(panic) => deliver_from_finished(&parent, Payload::Panic(panic), &mut message),
+        Err(panic) => deliver_from_finished(&parent(), Payload::Panic(panic), &mut message),
     };
-    drop(parent);
     // SAFETY: see `final_switch`; what `word` points at stays in this frame, which is never
     // unwound, until the receiver has taken it.
     unsafe { final_switch(me, word, receiver) }
