@@ -31,6 +31,14 @@
 //! case (a throw, a value of another type, a walk to an ancestor) hands over the address of a
 //! [`Message`], tagged by the word's low bit.
 //!
+//! What a receiver would otherwise check about its sender after every switch (is a trace hook
+//! set, did the sender finish, was it abandoned) the sender checks before switching, on its
+//! own record, which it has at hand: a sender for which any of it holds sends a message
+//! instead, and a finishing one marks its last word ([`FINISHED_TAG`]). A receiver that finds
+//! a plain word takes the value and returns, without reading the sender's record: those reads,
+//! right after the switch, were the costliest part of a switch's bookkeeping (see
+//! `asm-notes/measurements.md`).
+//!
 //! ```text
 //!   sender's stack                       receiver's stack
 //!   | value: T      | <---- word ------- | switch::<_, T>() resumes, reads the T
@@ -529,9 +537,25 @@ const KIND_BOXED: usize = 1;
 const KIND_PANIC: usize = 2;
 const KIND_FAILED: usize = 3;
 
-/// Low bit of a switched word: set, the word is the address of a [`Message`]; clear, it is the
-/// address of a value of exactly the type the receiver awaits (0 for a zero-sized value).
+/// Low bit of a switched word: set, the word is the address of a [`Message`] (see
+/// [`FINISHED_TAG`] for the other case).
 const MESSAGE_TAG: usize = 1;
+
+/// Second bit of a switched word, for a word that is not a [`Message`]'s: set, the word is the
+/// last switch of a greenlet that finished, and the rest of it the address of its return value;
+/// clear, the word is the address of a value of exactly the type the receiver awaits (0 for a
+/// zero-sized value). Either way the sender checked, before switching, that no trace hook is
+/// set and (when not finished) that it is not abandoned, so a receiver that finds both bits
+/// clear has nothing to check about the sender: see [`transfer_value`].
+const FINISHED_TAG: usize = 2;
+
+/// Both tag bits; a value sent by address must leave them clear ([`Crossing`]).
+const TAG_BITS: usize = MESSAGE_TAG | FINISHED_TAG;
+
+/// A value about to cross a switch by address, aligned so that its address leaves the word's
+/// [`TAG_BITS`] clear whatever the value's own alignment.
+#[repr(C, align(4))]
+struct Crossing<T>(T);
 
 impl Message {
     fn new(payload: Payload) -> Message {
@@ -601,14 +625,24 @@ pub(super) fn type_key<T: 'static>() -> *const TypeId {
 }
 
 /// The address to hand over for a value sent on the fast path: 0 for a zero-sized value (it has
-/// no bytes), otherwise its address, whose low bit must then be clear ([`MESSAGE_TAG`]).
+/// no bytes), otherwise its address, whose [`TAG_BITS`] must then be clear (as they are in a
+/// [`Crossing`]).
 #[inline(always)]
 fn fast_word<T>(value: *mut T) -> Option<usize> {
     if std::mem::size_of::<T>() == 0 {
         Some(0)
     } else {
-        Some(value as usize).filter(|address| address & MESSAGE_TAG == 0)
+        Some(value as usize).filter(|address| address & TAG_BITS == 0)
     }
+}
+
+/// True when the running greenlet `me` may send a plain word, which its receiver takes without
+/// looking at it: no trace hook wants to see the switch, and `me` is not abandoned (holding no
+/// reference to itself but its own, which its receiver would have to act on).
+#[inline(always)]
+fn sender_is_plain(me: *const Record) -> bool {
+    // SAFETY: the running greenlet is alive; its count and kind are only read.
+    !trace::is_set() && unsafe { (*me).references.get() != 1 || (*me).is_main }
 }
 
 /// True when `target` can receive a `T` on the fast path from `me`: it is suspended in (or, not
@@ -701,36 +735,29 @@ pub(crate) fn transfer_value<T: 'static, R: 'static>(
     target: &Greenlet,
     value: T,
 ) -> Result<R, SwitchError> {
-    let mut value = ManuallyDrop::new(value);
-    let pointer = &mut *value as *mut T;
+    let mut value = ManuallyDrop::new(Crossing(value));
+    let pointer = &mut value.0 as *mut T;
     let me = current_record();
-    if let Some(word) = fast_word(pointer).filter(|_| accepts_fast::<T>(&target.record, me)) {
+    let fast = |_: &usize| accepts_fast::<T>(&target.record, me) && sender_is_plain(me);
+    if let Some(word) = fast_word(pointer).filter(fast) {
         // SAFETY: we run; the target is suspended or unstarted, kept alive by the caller's
         // handle, and awaits a `T`, which it moves out of `value` (never dropped here) before
         // anything else runs on our stack.
         let (word, origin) = unsafe { switch_to::<R>(me, RecordRef::as_ptr(&target.record), word) };
-        // The common cases in a straight line: a plain value back, no trace hook, and a sender
-        // that neither finished nor was abandoned; or one that finished, returning that value,
-        // and is still referenced elsewhere (by the caller's handle, usually), so that adopting
-        // its self-reference frees nothing. Everything else is `receive`'s business.
-        let untraced_value = word & MESSAGE_TAG == 0 && !trace::is_set();
-        // SAFETY: the sender is alive (it just switched); reading its state and count is all.
-        let plain = untraced_value
-            && unsafe {
-                (*origin).state.get() == State::Active
-                    && ((*origin).is_main || (*origin).references.get() != 1)
-            };
-        if plain {
+        // The common cases in a straight line: a plain value back, its sender's checks made
+        // on its side (see `FINISHED_TAG`); or the return value of a sender that finished and
+        // is still referenced elsewhere (by the caller's handle, usually), so that adopting its
+        // self-reference frees nothing. Everything else is `receive`'s business.
+        if word & TAG_BITS == 0 {
             // SAFETY: an untagged word is the address of an `R` (0 for a zero-sized one) in
             // the sender's suspended frame, moved out once, here.
             return Ok(unsafe { read_value::<R>(word) });
         }
-        // SAFETY: as above.
-        let (state, references) = unsafe { ((*origin).state.get(), (*origin).references.get()) };
-        if untraced_value && state == State::Dead && references > 1 {
+        // SAFETY: the sender is alive (it just switched); reading its count is all.
+        if word & TAG_BITS == FINISHED_TAG && unsafe { (*origin).references.get() } > 1 {
             // SAFETY: as above, in the finished sender's frame, which stays mapped until its
             // self-reference is dropped, after the read.
-            let value = unsafe { read_value::<R>(word) };
+            let value = unsafe { read_value::<R>(word & !FINISHED_TAG) };
             // SAFETY: the finished sender handed its self-reference over; another remains.
             unsafe { release_finished_held(origin) };
             return Ok(value);
@@ -893,7 +920,7 @@ unsafe fn receive<R: 'static>(
 ) -> Received<R> {
     if word & MESSAGE_TAG == 0 {
         // SAFETY: the sender checked that its value is an `R`; it is moved out once, here.
-        let value = unsafe { read_value::<R>(word) };
+        let value = unsafe { read_value::<R>(word & !FINISHED_TAG) };
         settle(Ok(value), TraceEvent::Switch, origin, me)
     } else {
         // SAFETY: a tagged word points at the sender's message, received once, here.
@@ -1127,12 +1154,12 @@ pub(super) fn finish<B: 'static>(me: Greenlet, outcome: std::thread::Result<B>) 
             .clone()
             .expect("a greenlet has a parent")
     };
-    let mut returned = MaybeUninit::<B>::uninit();
+    let mut returned = MaybeUninit::<Crossing<B>>::uninit();
     let value_ref;
     let mut message = None;
     let (word, receiver) = match outcome {
         Ok(value) => {
-            let pointer = returned.write(value) as *mut B;
+            let pointer = &mut returned.write(Crossing(value)).0 as *mut B;
             // Our record, alive while our self-reference is, holds the parent alive.
             let parent_record = me
                 .record
@@ -1143,8 +1170,8 @@ pub(super) fn finish<B: 'static>(me: Greenlet, outcome: std::thread::Result<B>) 
                 .expect("a greenlet has a parent");
             // SAFETY: see above.
             let accepts = |_: &usize| unsafe { accepts_fast::<B>(&*parent_record, me_pointer) };
-            match fast_word(pointer).filter(accepts) {
-                Some(word) => (word, parent_record),
+            match fast_word(pointer).filter(|word| accepts(word) && !trace::is_set()) {
+                Some(word) => (word | FINISHED_TAG, parent_record),
                 None => {
                     // SAFETY: `returned` is never dropped nor touched again by this frame; the
                     // receiver moves the value out before this stack is released.
