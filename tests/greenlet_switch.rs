@@ -202,6 +202,64 @@ fn switched_values_arrive_unchanged() {
     );
 }
 
+// Values cross a switch by address; whatever their alignment (1, 2, 4, 16 bytes) or size (odd
+// ones included), they arrive intact both ways, as a start argument and as a result.
+#[test]
+fn values_of_every_alignment_arrive_unchanged_both_ways_and_as_results() {
+    let main = getcurrent();
+    let echo = Greenlet::new(move |first: u8| {
+        let mut seen = vec![format!("{first}")];
+        let half: u16 = main.switch::<u8, u16>(first.wrapping_add(1)).unwrap();
+        seen.push(format!("{half}"));
+        let odd: [u8; 3] = main.switch::<u16, [u8; 3]>(half ^ 0xffff).unwrap();
+        seen.push(format!("{odd:?}"));
+        let mixed: (u8, u16, bool) = main.switch::<[u8; 3], (u8, u16, bool)>(odd).unwrap();
+        seen.push(format!("{mixed:?}"));
+        let letter: char = main
+            .switch::<(u8, u16, bool), char>((mixed.0, mixed.1, !mixed.2))
+            .unwrap();
+        seen.push(format!("{letter}"));
+        let wide: u128 = main.switch::<char, u128>(letter).unwrap();
+        seen.push(format!("{wide:#x}"));
+        (seen, [wide as u8, 7, 9])
+    });
+    assert_eq!(echo.switch::<u8, u8>(200).unwrap(), 201);
+    assert_eq!(echo.switch::<u16, u16>(0x1234).unwrap(), 0xedcb);
+    assert_eq!(
+        echo.switch::<[u8; 3], [u8; 3]>([1, 2, 3]).unwrap(),
+        [1, 2, 3]
+    );
+    assert_eq!(
+        echo.switch::<(u8, u16, bool), (u8, u16, bool)>((5, 0xbeef, true))
+            .unwrap(),
+        (5, 0xbeef, false)
+    );
+    assert_eq!(echo.switch::<char, char>('λ').unwrap(), 'λ');
+    let (seen, last) = echo
+        .switch::<u128, (Vec<String>, [u8; 3])>(u128::MAX - 0x0f)
+        .unwrap();
+    assert_eq!(
+        seen,
+        [
+            "200",
+            "4660",
+            "[1, 2, 3]",
+            "(5, 48879, true)",
+            "λ",
+            "0xfffffffffffffffffffffffffffffff0"
+        ]
+    );
+    assert_eq!(last, [0xf0, 7, 9]);
+    assert!(echo.is_dead());
+    // A one-byte result, straight from a finishing greenlet.
+    assert_eq!(
+        Greenlet::new(|x: u8| x ^ 0x5a)
+            .switch::<u8, u8>(0x0f)
+            .unwrap(),
+        0x55
+    );
+}
+
 // Rule 13 (mapping: a value of the wrong type arrives as WrongType, carrying it)
 #[test]
 fn value_of_wrong_type_arrives_as_error_carrying_the_value() {
