@@ -20,7 +20,10 @@ use awaitlet::stack::{
     DEFAULT_STACK_SIZE, MIN_STACK_SIZE, SLAB_STACKS, Stack, guard_pages, set_guard_pages, trim_pool,
 };
 use awaitlet::{AsyncDef, async_def, awaitlet};
-use common::{catch, child_dies_of_overflow, child_killed_by, is_child, run_child, text};
+use common::{
+    catch, child_dies_of_overflow, child_killed_by, is_child, overflow_a_fiber_stack, run_child,
+    text,
+};
 
 fn count_mappings() -> usize {
     std::fs::read_to_string("/proc/self/maps")
@@ -153,13 +156,6 @@ fn recurse_until_below(limit: usize, depth: usize) -> usize {
     recurse_until_below(limit, depth + 1) + frame[depth % 256] as usize
 }
 
-#[inline(never)]
-#[allow(unconditional_recursion)] // it ends at the guard page
-fn recurse_forever(depth: usize) -> usize {
-    let frame = black_box([depth as u8; 512]);
-    recurse_forever(depth + 1) + frame[depth % 512] as usize
-}
-
 #[test]
 fn overflowing_a_stack_without_guard_page_aborts_when_it_is_released() {
     const SIZE: usize = 64 * 1024;
@@ -198,11 +194,7 @@ fn overflowing_a_stack_without_guard_page_aborts_when_it_is_released() {
 fn the_lowest_stack_of_a_slab_overflows_into_its_guard_page() {
     if is_child("slab-guard") {
         set_guard_pages(false);
-        let mut runaway = Fiber::new(Stack::new(32 * 1024).unwrap(), |_, depth| {
-            recurse_forever(depth)
-        });
-        let outcome = runaway.resume(0);
-        println!("CHILD-SURVIVED {outcome:?}");
+        overflow_a_fiber_stack(32 * 1024);
         return;
     }
     child_dies_of_overflow(

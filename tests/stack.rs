@@ -5,14 +5,15 @@
 
 mod common;
 
-use std::hint::black_box;
-
 use awaitlet::engine::{Fiber, Resumed};
 use awaitlet::stack::{
     DEFAULT_STACK_SIZE, MAX_STACK_SIZE, MIN_STACK_SIZE, POOL_CAPACITY, Stack, StackError, pool_len,
     trim_pool,
 };
-use common::{child_dies_of_overflow, child_killed_by, is_child, run_child};
+use common::{
+    child_dies_of_overflow, child_killed_by, is_child, overflow_a_fiber_stack, recurse_forever,
+    run_child,
+};
 
 #[test]
 fn sizes_below_the_minimum_are_refused_with_the_minimum_named() {
@@ -195,21 +196,10 @@ fn an_address_space_limit_is_an_error_naming_the_limit() {
     assert!(stdout.contains("RLIMIT_AS"), "{stdout}");
 }
 
-#[inline(never)]
-#[allow(unconditional_recursion)] // it ends at the guard page
-fn recurse_forever(depth: usize) -> usize {
-    let frame = black_box([depth as u8; 512]);
-    recurse_forever(depth + 1) + frame[depth % 512] as usize
-}
-
 #[test]
 fn overflowing_a_greenlet_stack_prints_its_size_and_aborts() {
     if is_child("overflow") {
-        let mut runaway = Fiber::new(Stack::new(64 * 1024).unwrap(), |_, depth| {
-            recurse_forever(depth)
-        });
-        let outcome = runaway.resume(0);
-        println!("CHILD-SURVIVED {outcome:?}");
+        overflow_a_fiber_stack(64 * 1024);
         return;
     }
     child_dies_of_overflow(

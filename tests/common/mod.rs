@@ -146,6 +146,23 @@ pub(crate) fn child_dies_of_overflow(test: &str, role: &str, kib: usize) {
     assert!(stderr.contains(&expected), "{stderr}");
 }
 
+/// Recurses with 512-byte frames until the stack overflows (for the overflow death tests).
+#[inline(never)]
+#[allow(unconditional_recursion)] // it ends at the guard page
+pub(crate) fn recurse_forever(depth: usize) -> usize {
+    let frame = std::hint::black_box([depth as u8; 512]);
+    recurse_forever(depth + 1) + frame[depth % 512] as usize
+}
+
+/// The child side of an overflow death test: runs a fiber that recurses forever on a stack of
+/// `bytes` (from the pool, as the thread's guard-page mode says), and reports if it survives.
+pub(crate) fn overflow_a_fiber_stack(bytes: usize) {
+    let stack = awaitlet::stack::Stack::new(bytes).unwrap();
+    let mut runaway = awaitlet::engine::Fiber::new(stack, |_, depth| recurse_forever(depth));
+    let outcome = runaway.resume(0);
+    println!("CHILD-SURVIVED {outcome:?}");
+}
+
 /// [`child_aborts`], for a child killed by Rust because `message` was a panic in a destructor
 /// run during unwinding.
 pub(crate) fn child_aborts_on_a_destructor_panic_during_cleanup(
