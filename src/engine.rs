@@ -23,7 +23,7 @@ use std::any::Any;
 use std::cell::Cell;
 use std::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
-use std::ptr::NonNull;
+use std::ptr::{self, NonNull};
 
 use crate::arch::{self, Context};
 use crate::stack::Stack;
@@ -41,22 +41,32 @@ pub enum Resumed {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    Unstarted,
-    Started,
+    /// Unstarted (its closure still in place, see [`Shared::closure`]) or suspended.
+    Live,
     Returned,
     Panicked,
 }
 
-/// What both sides of a fiber share. It lives at the top of the fiber's own stack, so it never
-/// moves while the `Fiber` handle does, and the words themselves travel in registers.
+/// The panic of [`Fiber::resume`] on a finished fiber, out of the switch's way.
+#[cold]
+fn resumed_finished() -> ! {
+    panic!("resumed a finished fiber")
+}
+
+/// What both sides of a fiber share. It lives near the top of the fiber's own stack (below the
+/// closure), so it never moves while the `Fiber` handle does, and the words themselves travel
+/// in registers.
+///
+/// The fiber's own context lies just below this block, [`arch::CONTEXT_BELOW_TOP`] bytes down
+/// (see [`own_context`]): reaching it takes an addition, not a load, which keeps a load off the
+/// chain each switch waits on (the next stack pointer is found through it).
 struct Shared {
-    /// The fiber's own context, at the top of its stack just below this block.
-    own: NonNull<Context>,
     caller: Context,
     state: Cell<State>,
     cancel: Cell<bool>,
     panic: Cell<Option<Box<dyn Any + Send>>>,
-    closure: *mut u8,
+    /// The closure, until the fiber starts and moves it out; null after.
+    closure: Cell<*mut u8>,
 }
 
 /// The panic payload that unwinds a fiber being dropped while suspended.
@@ -73,6 +83,21 @@ pub struct Suspender {
     _not_send: PhantomData<*mut ()>,
 }
 
+/// The fiber's own context, which `arch::init` wrote just below its `Shared` block.
+///
+/// Takes the raw pointer, not a reference: the context lies outside the `Shared` block.
+fn own_context<'a>(shared: NonNull<Shared>) -> &'a Context {
+    // SAFETY: `Fiber::new` had `arch::init` write the context `CONTEXT_BELOW_TOP` bytes below
+    // `shared`, on the same stack, which lives (with the pointer's provenance over it) as long
+    // as the fiber, and every caller holds the fiber or runs on it.
+    unsafe {
+        shared
+            .byte_sub(arch::CONTEXT_BELOW_TOP)
+            .cast::<Context>()
+            .as_ref()
+    }
+}
+
 impl Suspender {
     /// Switches back to the resumer, which sees [`Resumed::Suspended`]`(value)`; returns the word
     /// of the next [`Fiber::resume`].
@@ -82,7 +107,7 @@ impl Suspender {
         let shared = unsafe { self.shared.as_ref() };
         // SAFETY: we are the running fiber (`own`); `caller` is suspended in `Fiber::resume`.
         let (received, _) =
-            unsafe { arch::switch_nested(value, shared.own.as_ref(), &shared.caller) };
+            unsafe { arch::switch_nested(value, own_context(self.shared), &shared.caller) };
         if shared.cancel.get() {
             cancelled();
         }
@@ -100,26 +125,26 @@ pub struct Fiber<F> {
 impl<F: FnOnce(&Suspender, usize) -> usize> Fiber<F> {
     /// A fiber that will run `closure` on `stack` at its first resume.
     pub fn new(stack: Stack, closure: F) -> Fiber<F> {
-        // Layout from the top down: `Shared`, the closure, then the first frame.
-        let shared = align_down(stack.top() as usize - std::mem::size_of::<Shared>(), 16);
+        // Layout from the top down: the closure, `Shared`, the context and the first frame.
         let align = std::mem::align_of::<F>().max(16);
-        let closure_at = align_down(shared - std::mem::size_of::<F>(), align);
-        // SAFETY: the stack is ours and unused; both regions lie inside it, suitably aligned.
+        let closure_at = align_down(stack.top() as usize - std::mem::size_of::<F>(), align);
+        let shared = align_down(closure_at - std::mem::size_of::<Shared>(), 16);
+        // SAFETY: the stack is ours and unused; every region lies inside it, suitably aligned.
         unsafe {
             (closure_at as *mut F).write(closure);
             let context = arch::init(
-                closure_at as *mut u8,
+                shared as *mut u8,
                 stack.bottom(),
                 entry::<F>,
                 shared as *mut (),
             );
+            debug_assert_eq!(context.as_ptr() as usize, shared - arch::CONTEXT_BELOW_TOP);
             (shared as *mut Shared).write(Shared {
-                own: context,
                 caller: Context::for_thread_stack(),
-                state: Cell::new(State::Unstarted),
+                state: Cell::new(State::Live),
                 cancel: Cell::new(false),
                 panic: Cell::new(None),
-                closure: closure_at as *mut u8,
+                closure: Cell::new(closure_at as *mut u8),
             });
         }
         Fiber {
@@ -154,16 +179,14 @@ impl<F> Fiber<F> {
     #[inline]
     pub fn resume(&mut self, value: usize) -> Resumed {
         let shared = self.shared();
-        match shared.state.get() {
-            State::Started => {}
-            State::Unstarted => shared.state.set(State::Started),
-            State::Returned | State::Panicked => panic!("resumed a finished fiber"),
+        if shared.state.get() != State::Live {
+            resumed_finished();
         }
         // SAFETY: we run on the caller's stack (`caller`); `own` is the fiber, unstarted or
         // suspended in `Suspender::suspend`; both live on its stack, which we own.
         let (received, _) =
-            unsafe { arch::switch_nested(value, &shared.caller, shared.own.as_ref()) };
-        if shared.state.get() == State::Started {
+            unsafe { arch::switch_nested(value, &shared.caller, own_context(self.shared)) };
+        if shared.state.get() == State::Live {
             Resumed::Suspended(received)
         } else {
             self.finished(received)
@@ -181,7 +204,7 @@ impl<F> Fiber<F> {
                     .take()
                     .expect("a panicked fiber keeps its payload"),
             ),
-            State::Unstarted | State::Started => unreachable!("a finished fiber is not running"),
+            State::Live => unreachable!("a finished fiber is not running"),
         }
     }
 
@@ -198,12 +221,14 @@ impl<F> Fiber<F> {
         let shared = self.shared();
         match shared.state.get() {
             State::Returned | State::Panicked => {}
-            State::Unstarted => {
+            State::Live if !shared.closure.get().is_null() => {
                 shared.state.set(State::Returned);
                 // SAFETY: the closure was written by `new` and never moved out (never started).
-                unsafe { std::ptr::drop_in_place(shared.closure as *mut F) };
+                unsafe {
+                    std::ptr::drop_in_place(shared.closure.replace(ptr::null_mut()) as *mut F)
+                };
             }
-            State::Started => {
+            State::Live => {
                 shared.cancel.set(true);
                 match self.resume(0) {
                     Resumed::Panicked(payload) if payload.is::<Cancelled>() => {}
@@ -237,12 +262,14 @@ unsafe extern "C" fn entry<F: FnOnce(&Suspender, usize) -> usize>(
     data: *mut (),
     _sender: *const Context,
 ) -> ! {
-    // SAFETY: `data` is the `Shared` block `Fiber::new` wrote at the top of this stack.
-    let shared = unsafe { &*(data as *const Shared) };
+    // SAFETY: `data` is the `Shared` block `Fiber::new` wrote near the top of this stack.
+    let shared_at = unsafe { NonNull::new_unchecked(data.cast::<Shared>()) };
+    // SAFETY: as above; it outlives this stack's use.
+    let shared = unsafe { shared_at.as_ref() };
     // SAFETY: the closure was written by `Fiber::new` and is moved out exactly once, here.
-    let closure = unsafe { std::ptr::read(shared.closure as *mut F) };
+    let closure = unsafe { std::ptr::read(shared.closure.replace(ptr::null_mut()) as *mut F) };
     let suspender = Suspender {
-        shared: NonNull::from(shared),
+        shared: shared_at,
         _not_send: PhantomData,
     };
     let word = match catch_unwind(AssertUnwindSafe(|| closure(&suspender, arg))) {
@@ -257,5 +284,5 @@ unsafe extern "C" fn entry<F: FnOnce(&Suspender, usize) -> usize>(
         }
     };
     // SAFETY: the caller is suspended in `Fiber::resume`; nothing on this stack is needed again.
-    unsafe { arch::switch_final(word, shared.own.as_ref(), &shared.caller) }
+    unsafe { arch::switch_final(word, own_context(shared_at), &shared.caller) }
 }

@@ -104,8 +104,10 @@ pub(crate) unsafe fn init(
 ) -> NonNull<Context> {
     // Our `Context` sits at `top - 32`, where the native backend puts it; the `fcontext` frame
     // goes below it.
-    let context = stack_top.cast::<usize>().wrapping_sub(4).cast::<Context>();
-    let fcontext_top = stack_top.wrapping_sub(32);
+    let context = stack_top
+        .wrapping_sub(super::CONTEXT_BELOW_TOP)
+        .cast::<Context>();
+    let fcontext_top = stack_top.wrapping_sub(super::CONTEXT_BELOW_TOP);
     // SAFETY: the region below the context is ours per the caller's contract.
     let stack = unsafe { context::stack::Stack::new(fcontext_top.cast(), stack_bottom.cast()) };
     // SAFETY: `stack` describes live memory; `trampoline` never returns nor unwinds.

@@ -113,6 +113,11 @@ compile_error!(
 
 pub(crate) use backend::{BACKEND_NAME, init, switch, switch_final, switch_nested};
 
+/// How far below the `stack_top` given to `init` its [`Context`] lies, on every backend: a
+/// caller that keeps its own data just above `stack_top` finds the context at a fixed offset
+/// from that data, by an addition instead of a load.
+pub(crate) const CONTEXT_BELOW_TOP: usize = 32;
+
 /// The signature of a function that starts a fresh stack.
 ///
 /// It receives the word passed by the first [`switch`] into the context, the `data` pointer

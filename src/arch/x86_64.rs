@@ -138,7 +138,7 @@ pub(crate) unsafe fn init(
     unsafe {
         let initial_sp = top.sub(8);
         top.sub(1).write(entry as *const () as usize);
-        let context = top.sub(4).cast::<Context>();
+        let context = top.byte_sub(super::CONTEXT_BELOW_TOP).cast::<Context>();
         context.write(Context::with_parts(
             data as usize,
             initial_sp as usize,
