@@ -86,10 +86,14 @@ pub struct Suspender {
 /// The fiber's own context, which `arch::init` wrote just below its `Shared` block.
 ///
 /// Takes the raw pointer, not a reference: the context lies outside the `Shared` block.
-fn own_context<'a>(shared: NonNull<Shared>) -> &'a Context {
+///
+/// # Safety
+///
+/// `shared` must be the `Shared` block of a fiber that is alive for `'a`, as made by
+/// `Fiber::new` (with provenance over the stack around it).
+unsafe fn own_context<'a>(shared: NonNull<Shared>) -> &'a Context {
     // SAFETY: `Fiber::new` had `arch::init` write the context `CONTEXT_BELOW_TOP` bytes below
-    // `shared`, on the same stack, which lives (with the pointer's provenance over it) as long
-    // as the fiber, and every caller holds the fiber or runs on it.
+    // `shared`, on the same stack, which the caller keeps alive for `'a`.
     unsafe {
         shared
             .byte_sub(arch::CONTEXT_BELOW_TOP)
@@ -103,9 +107,10 @@ impl Suspender {
     /// of the next [`Fiber::resume`].
     #[inline]
     pub fn suspend(&self, value: usize) -> usize {
-        // SAFETY: `Shared` lives at the top of our own stack, which is running.
+        // SAFETY: `Shared` lives near the top of our own stack, which is running.
         let shared = unsafe { self.shared.as_ref() };
-        // SAFETY: we are the running fiber (`own`); `caller` is suspended in `Fiber::resume`.
+        // SAFETY: we are the running fiber, whose block `self.shared` is (`own_context` finds our
+        // context); `caller` is suspended in `Fiber::resume`.
         let (received, _) =
             unsafe { arch::switch_nested(value, own_context(self.shared), &shared.caller) };
         if shared.cancel.get() {
@@ -182,8 +187,9 @@ impl<F> Fiber<F> {
         if shared.state.get() != State::Live {
             resumed_finished();
         }
-        // SAFETY: we run on the caller's stack (`caller`); `own` is the fiber, unstarted or
-        // suspended in `Suspender::suspend`; both live on its stack, which we own.
+        // SAFETY: we run on the caller's stack (`caller`); `self.shared` is the fiber's block
+        // (`own_context` finds its context), unstarted or suspended in `Suspender::suspend`;
+        // both live on its stack, which we own.
         let (received, _) =
             unsafe { arch::switch_nested(value, &shared.caller, own_context(self.shared)) };
         if shared.state.get() == State::Live {
@@ -283,6 +289,7 @@ unsafe extern "C" fn entry<F: FnOnce(&Suspender, usize) -> usize>(
             0
         }
     };
-    // SAFETY: the caller is suspended in `Fiber::resume`; nothing on this stack is needed again.
+    // SAFETY: `shared_at` is this fiber's block (`own_context` finds its context); the caller
+    // is suspended in `Fiber::resume`; nothing on this stack is needed again.
     unsafe { arch::switch_final(word, own_context(shared_at), &shared.caller) }
 }
