@@ -187,9 +187,9 @@ impl<F> Fiber<F> {
         if shared.state.get() != State::Live {
             resumed_finished();
         }
+        // The fiber is unstarted or suspended in `Suspender::suspend`.
         // SAFETY: we run on the caller's stack (`caller`); `self.shared` is the fiber's block
-        // (`own_context` finds its context), unstarted or suspended in `Suspender::suspend`;
-        // both live on its stack, which we own.
+        // (`own_context` finds its context); both live on its stack, which we own.
         let (received, _) =
             unsafe { arch::switch_nested(value, &shared.caller, own_context(self.shared)) };
         if shared.state.get() == State::Live {
