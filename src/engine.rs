@@ -65,7 +65,8 @@ struct Shared {
     state: Cell<State>,
     cancel: Cell<bool>,
     panic: Cell<Option<Box<dyn Any + Send>>>,
-    /// The closure, until the fiber starts and moves it out; null after.
+    /// The closure, until the fiber starts and moves it out (or is dropped unstarted, which
+    /// drops it); null after.
     closure: Cell<*mut u8>,
 }
 

@@ -107,7 +107,7 @@ pub(crate) unsafe fn init(
     let context = stack_top
         .wrapping_sub(super::CONTEXT_BELOW_TOP)
         .cast::<Context>();
-    let fcontext_top = stack_top.wrapping_sub(super::CONTEXT_BELOW_TOP);
+    let fcontext_top = context.cast::<u8>();
     // SAFETY: the region below the context is ours per the caller's contract.
     let stack = unsafe { context::stack::Stack::new(fcontext_top.cast(), stack_bottom.cast()) };
     // SAFETY: `stack` describes live memory; `trampoline` never returns nor unwinds.
