@@ -11,9 +11,10 @@
 //! - [`switch_final`] resumes another context without saving the running one: the last switch
 //!   made by a context whose stack is about to be released.
 //!
-//! A [`Context`] is three words: its *owner* (opaque here: the `data` given to [`init`]; the
-//! greenlet layer learns who switched to it from the sender's owner), the saved stack pointer
-//! of a suspended context, and its *link*.
+//! A [`Context`] is three words: its *owner* (opaque here: the `data` given to [`init`], which
+//! the entry function receives), the saved stack pointer of a suspended context, and its *link*.
+//! The layers above keep their own record of each stack just above its context
+//! ([`CONTEXT_BELOW_TOP`]), so the sender a switch hands over names its record by an addition.
 //! The context of a greenlet stack sits at the top of that stack; each switch writes the
 //! switcher's stack pointer into the target's link, and the entry trampoline's DWARF CFI reads
 //! it back, so an unwinder (a backtrace, gdb) walking up from the target's root frame steps into
@@ -133,9 +134,9 @@ pub(crate) type EntryFn =
 /// own stack can live anywhere ([`Context::for_thread_stack`]); its link is written, never read.
 /// While a context runs, `sp` is stale; it is written by the [`switch`] that suspends it.
 ///
-/// A switch also hands the resumed side the sender's `Context`, so whoever receives a switch
-/// learns who sent it from `owner` (the `data` given to [`init`], or [`Context::set_owner`])
-/// without any other lookup.
+/// A switch also hands the resumed side the sender's `Context`; a layer that keeps its data at
+/// a fixed distance from its contexts (see [`CONTEXT_BELOW_TOP`]) learns who sent it from the
+/// sender's address alone.
 #[repr(C)]
 pub(crate) struct Context {
     /// Whatever the context belongs to (opaque to this module).
@@ -166,14 +167,10 @@ impl Context {
         }
     }
 
-    /// What the context belongs to: the `data` of [`init`], or what [`Context::set_owner`] set.
+    /// What the context belongs to: the `data` of [`init`] (0 for a thread-stack context).
+    #[cfg(test)]
     pub(crate) fn owner(&self) -> usize {
         self.owner.get()
-    }
-
-    /// Sets [`Context::owner`] (for contexts on the thread's own stack).
-    pub(crate) fn set_owner(&self, owner: usize) {
-        self.owner.set(owner);
     }
 
     /// A context with these parts (for the backends' `init`).

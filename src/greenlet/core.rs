@@ -4,8 +4,11 @@
 //! # Ownership
 //!
 //! A [`Record`] is reference counted by hand ([`RecordRef`]); [`Greenlet`] handles are the
-//! references. It lives at the top of the greenlet's own stack (main's is boxed). Besides the
-//! user's handles, references are held by:
+//! references. It lives near the top of the greenlet's own stack, just above the greenlet's
+//! context (main's is boxed, with the thread's context just below it: [`MainBlock`]), so that a
+//! switch finds a greenlet's context by an addition ([`context_of`]) rather than a load, which
+//! would lengthen the chain of loads each switch waits on. Besides the user's handles,
+//! references are held by:
 //!
 //! - each child, to its parent (so a parent outlives its children, as in Python);
 //! - the thread, to its main greenlet (released when the thread exits);
@@ -15,8 +18,8 @@
 //! The running greenlet is named by a raw pointer in a thread-local ([`CURRENT`]) that owns no
 //! reference: the running greenlet is kept alive by its self-reference (or, for main, by the
 //! thread), so a switch touches no reference count at all. The receiving side of a switch
-//! updates `CURRENT`; it learns who sent from the context the switch hands over, whose owner
-//! is the sending greenlet's record.
+//! updates `CURRENT`; it learns who sent from the context the switch hands over, just below
+//! the sending greenlet's record ([`record_of`]).
 //!
 //! A started, suspended, non-main greenlet whose only reference is its self-reference has been
 //! abandoned: it is killed ([`kill_abandoned`]) where that is detected: when its last handle is
@@ -75,16 +78,14 @@ pub(super) struct Start {
 
 /// One greenlet. See the module docs for who owns it.
 ///
-/// A greenlet's record lives at the very top of its own stack (main's, on the heap), so making
+/// A greenlet's record lives near the top of its own stack (main's, on the heap), so making
 /// a greenlet allocates nothing. It is reference counted by hand ([`RecordRef`]): the last
 /// reference drops the record in place, then releases the stack holding it.
 pub(crate) struct Record {
     references: Cell<usize>,
-    /// The greenlet's context: at the top of its stack, or `thread_context` for main.
-    context: Cell<NonNull<Context>>,
     pub(crate) state: Cell<State>,
     /// The type the greenlet's pending switch asks for (its closure's argument type while
-    /// unstarted), as a [`type_key`]; see the module docs.
+    /// unstarted), as a [`type_key`]; see the module docs. Null once dead.
     pub(super) awaiting: Cell<*const TypeId>,
     /// The `Context` of the poll in progress, for a driven greenlet that may poll a future
     /// with it now (see [`super::driven`]); null otherwise, and always for other greenlets.
@@ -96,12 +97,19 @@ pub(crate) struct Record {
     pub(crate) is_main: bool,
     /// The bridge's state, for a greenlet made by `async_def` (see [`super::driven`]).
     pub(super) driven: Option<Driven>,
-    /// Main's context (main runs on the thread's own stack); unused by other greenlets.
-    thread_context: Context,
     /// The greenlet's stack, as announced to AddressSanitizer (main's is learned on its first
     /// switch away).
     #[cfg(awaitlet_asan)]
     stack_bounds: Cell<arch::asan::StackBounds>,
+}
+
+impl Record {
+    /// Marks the greenlet dead. Its `awaiting` key becomes null, which no [`type_key`] is, so
+    /// the switch's fast path tells a receiver from a dead greenlet by the key alone.
+    pub(super) fn mark_dead(&self) {
+        self.state.set(State::Dead);
+        self.awaiting.set(std::ptr::null());
+    }
 }
 
 impl Drop for Record {
@@ -203,7 +211,10 @@ unsafe fn destroy(record: NonNull<Record>) {
     // SAFETY: no reference is left, so nothing else uses the record.
     unsafe {
         if record.as_ref().is_main {
-            drop(Box::from_raw(record.as_ptr()));
+            let block = record
+                .byte_sub(std::mem::offset_of!(MainBlock, record))
+                .cast::<MainBlock>();
+            drop(Box::from_raw(block.as_ptr()));
             return;
         }
         // The record lives on its own stack: move the stack out, drop the record in place, and
@@ -214,6 +225,47 @@ unsafe fn destroy(record: NonNull<Record>) {
         drop(stack);
         drop(parent);
     }
+}
+
+/// Main's record, boxed with the context of the thread's own stack (where main runs) just
+/// below it, at the distance at which `arch::init` puts every other greenlet's context below
+/// its record.
+#[repr(C)]
+struct MainBlock {
+    thread_context: Context,
+    _padding: [u8; arch::CONTEXT_BELOW_TOP - std::mem::size_of::<Context>()],
+    record: Record,
+}
+
+const _: () = assert!(
+    std::mem::offset_of!(MainBlock, record) - std::mem::offset_of!(MainBlock, thread_context)
+        == arch::CONTEXT_BELOW_TOP
+);
+
+/// The context of the greenlet whose record is at `record`: [`arch::CONTEXT_BELOW_TOP`] bytes
+/// below it, on its stack (or in main's [`MainBlock`]).
+///
+/// # Safety
+///
+/// `record` must point to a live record and carry provenance over the context below it: a
+/// pointer made from the stack's address or from main's block, never from a `&Record`.
+#[inline(always)]
+unsafe fn context_of<'a>(record: *const Record) -> &'a Context {
+    // SAFETY: the caller's contract; the context lives as long as its record.
+    unsafe { &*record.byte_sub(arch::CONTEXT_BELOW_TOP).cast::<Context>() }
+}
+
+/// The record of the greenlet whose context is at `context`, [`arch::CONTEXT_BELOW_TOP`] bytes
+/// above it (the inverse of [`context_of`]): how a receiver learns who switched to it.
+///
+/// # Safety
+///
+/// `context` must be a greenlet's context (every context the greenlet layer switches between
+/// is), handed over by a switch, so that it carries provenance over the record above it.
+#[inline(always)]
+unsafe fn record_of(context: *const Context) -> *const Record {
+    // SAFETY: the caller's contract: the record lies that far above its context.
+    unsafe { context.byte_add(arch::CONTEXT_BELOW_TOP).cast::<Record>() }
 }
 
 /// [`CURRENT`] before the thread has a main greenlet.
@@ -254,27 +306,27 @@ fn current_record_slow(current: *const Record) -> *const Record {
         current != EXITED,
         "awaitlet: this thread's greenlets are gone (the thread is exiting)"
     );
-    let main = Box::new(Record {
-        references: Cell::new(1),
-        context: Cell::new(NonNull::dangling()),
-        state: Cell::new(State::Active),
-        awaiting: Cell::new(type_key::<()>()),
-        await_cx: Cell::new(std::ptr::null_mut()),
-        parent: RefCell::new(None),
-        start: Cell::new(None),
-        stack: Cell::new(None),
-        name: Some("main".into()),
-        is_main: true,
-        driven: None,
+    let block = Box::into_raw(Box::new(MainBlock {
         thread_context: Context::for_thread_stack(),
-        #[cfg(awaitlet_asan)]
-        stack_bounds: Cell::new(arch::asan::StackBounds::default()),
-    });
-    // `thread_context` never moves (the record is boxed) and lives as long as it.
-    main.context.set(NonNull::from(&main.thread_context));
-    let pointer = Box::into_raw(main) as *const Record;
-    // SAFETY: just made; a receiver learns who switched to it from the sender context's owner.
-    unsafe { (*pointer).thread_context.set_owner(pointer as usize) };
+        _padding: [0; arch::CONTEXT_BELOW_TOP - std::mem::size_of::<Context>()],
+        record: Record {
+            references: Cell::new(1),
+            state: Cell::new(State::Active),
+            awaiting: Cell::new(type_key::<()>()),
+            await_cx: Cell::new(std::ptr::null_mut()),
+            parent: RefCell::new(None),
+            start: Cell::new(None),
+            stack: Cell::new(None),
+            name: Some("main".into()),
+            is_main: true,
+            driven: None,
+            #[cfg(awaitlet_asan)]
+            stack_bounds: Cell::new(arch::asan::StackBounds::default()),
+        },
+    }));
+    // Derived from the block's pointer, so it reaches the context below the record too.
+    // SAFETY: `block` was just allocated, and is freed only by `destroy`.
+    let pointer = unsafe { &raw const (*block).record };
     // SAFETY: the box's one counted reference goes to the thread's owner.
     let main = unsafe { RecordRef::from_raw(pointer) };
     MAIN.with(|owner| *owner.0.borrow_mut() = Some(Greenlet { record: main }));
@@ -328,22 +380,23 @@ pub(super) unsafe fn build_record<A: 'static, F>(
     name: Option<Cow<'static, str>>,
     extra: Option<Extra>,
 ) -> RecordRef {
-    // From the top of the stack down: the record, the slot, the closure, then the first frame.
-    let record_align = std::mem::align_of::<Record>().max(16);
-    let record_at = (stack.top() as usize - std::mem::size_of::<Record>()) & !(record_align - 1);
-    let slot_at = match &extra {
-        Some(extra) => (record_at - extra.slot.size()) & !(extra.slot.align().max(16) - 1),
-        None => record_at,
-    };
+    // From the top of the stack down: the closure, the slot, the record, then the context
+    // (right below the record: see `context_of`) and the first frame.
     let closure_align = std::mem::align_of::<F>().max(16);
-    let closure = (slot_at - std::mem::size_of::<F>()) & !(closure_align - 1);
+    let closure = (stack.top() as usize - std::mem::size_of::<F>()) & !(closure_align - 1);
+    let slot_at = match &extra {
+        Some(extra) => (closure - extra.slot.size()) & !(extra.slot.align().max(16) - 1),
+        None => closure,
+    };
+    let record_align = std::mem::align_of::<Record>().max(16);
+    let record_at = (slot_at - std::mem::size_of::<Record>()) & !(record_align - 1);
     assert!(
-        closure
+        record_at
             .checked_sub(stack.bottom() as usize)
             .is_some_and(|room| room >= stack.size() / 2),
         "awaitlet: a greenlet's closure and result take {} bytes, more than half of its {}-byte \
          stack; give it a larger stack",
-        stack.top() as usize - closure,
+        stack.top() as usize - slot_at,
         stack.size(),
     );
     #[cfg(awaitlet_asan)]
@@ -355,30 +408,33 @@ pub(super) unsafe fn build_record<A: 'static, F>(
         extra.driven.slot.set(slot_at as *mut u8);
         extra.driven
     });
-    stack.claim_top(closure as *mut u8);
+    stack.claim_top(record_at as *mut u8);
     // SAFETY: the top of a fresh (or pooled, unused) stack is ours, and aligned for F.
     unsafe { (closure as *mut F).write(run) };
     unsafe fn drop_closure<F>(closure: *mut u8) {
         // SAFETY: called once, on the closure `new_record` wrote, which was never moved out.
         unsafe { std::ptr::drop_in_place(closure as *mut F) }
     }
-    // SAFETY: the region below the closure is free stack, 16-byte aligned at `closure`; the
+    // SAFETY: the region below the record is free stack, 16-byte aligned at `record_at`; the
     // stack lives as long as the record on it, hence as long as the context can run; `data` is
     // the record, alive (held by the greenlet that starts it) when the entry function runs.
     let context = unsafe {
         arch::init(
-            closure as *mut u8,
+            record_at as *mut u8,
             stack.bottom(),
             entry_fn,
             record_at as *mut (),
         )
     };
+    debug_assert_eq!(
+        context.as_ptr() as usize,
+        record_at - arch::CONTEXT_BELOW_TOP
+    );
     // SAFETY: the top of the stack is ours and aligned for a `Record`. The stack moves into the
     // record it holds, which releases it only after dropping the record (`destroy`).
     unsafe {
         (record_at as *mut Record).write(Record {
             references: Cell::new(1),
-            context: Cell::new(context),
             state: Cell::new(State::Unstarted),
             awaiting: Cell::new(type_key::<A>()),
             await_cx: Cell::new(std::ptr::null_mut()),
@@ -391,7 +447,6 @@ pub(super) unsafe fn build_record<A: 'static, F>(
             name,
             is_main: false,
             driven,
-            thread_context: Context::for_thread_stack(),
             #[cfg(awaitlet_asan)]
             stack_bounds: Cell::new(stack_bounds),
         });
@@ -651,9 +706,9 @@ fn sender_is_plain(me: *const Record) -> bool {
 fn accepts_fast<T: 'static>(target: &Record, me: *const Record) -> bool {
     // Unstarted or active, and not running: the running greenlet is `me`, which is active
     // (never unstarted), so one comparison with `me` covers both states.
-    matches!(target.state.get(), State::Unstarted | State::Active)
-        && !std::ptr::eq(target, me)
-        && target.awaiting.get() == type_key::<T>()
+    // A dead greenlet awaits nothing (its key is null: see `Record::mark_dead`), so the key
+    // alone rules it out; the running greenlet is `me`.
+    !std::ptr::eq(target, me) && target.awaiting.get() == type_key::<T>()
 }
 
 /// Where a payload ends up.
@@ -689,7 +744,7 @@ fn resolve(target: &Greenlet, payload: &mut Payload) -> Destination {
                     return Destination::There(RecordRef::as_ptr(&target.record));
                 }
                 // It dies without running: its closure is dropped (its stack goes with its record).
-                record.state.set(State::Dead);
+                record.mark_dead();
                 let start = record
                     .start
                     .take()
@@ -878,13 +933,8 @@ pub(super) unsafe fn switch_to<R: 'static>(
         }
         #[cfg(awaitlet_asan)]
         let departure = arch::asan::before_switch((*receiver).stack_bounds.get(), false);
-        let (word, sender) = arch::switch(
-            word,
-            (*me).context.get().as_ref(),
-            (*receiver).context.get().as_ref(),
-        );
-        // The sender's context names its greenlet (its record is the owner of every context).
-        let origin = (*sender).owner() as *const Record;
+        let (word, sender) = arch::switch(word, context_of(me), context_of(receiver));
+        let origin = record_of(sender);
         #[cfg(awaitlet_asan)]
         learn_stack_bounds(origin, arch::asan::after_switch(Some(departure)));
         CURRENT.with(|current| current.set(me));
@@ -1104,7 +1154,7 @@ pub(super) unsafe fn begin<A: 'static>(
     // SAFETY: as above.
     let me = unsafe { handle_from_raw(me_pointer) };
     // SAFETY: the sender's context is live (it is suspended, or finishing, on its own stack).
-    let origin = unsafe { (*sender).owner() } as *const Record;
+    let origin = unsafe { record_of(sender) };
     // SAFETY: as above, the sender is alive.
     #[cfg(awaitlet_asan)]
     unsafe {
@@ -1144,7 +1194,7 @@ pub(super) unsafe fn refuse_start(start: Start, panic: Box<dyn Any + Send>) -> B
 #[inline]
 pub(super) fn finish<B: 'static>(me: Greenlet, outcome: std::thread::Result<B>) -> ! {
     let me_pointer = RecordRef::as_ptr(&me.record);
-    me.record.state.set(State::Dead);
+    me.record.mark_dead();
     // The parent as a handle, for the walk to a receiver that may run code (closures of
     // unstarted greenlets dropped on the way); the fast path needs only its address.
     let parent = || {
@@ -1207,13 +1257,7 @@ pub(super) unsafe fn final_switch(me: Greenlet, word: usize, receiver: *const Re
     arch::asan::before_switch(unsafe { (*receiver).stack_bounds.get() }, true);
     // SAFETY: the caller's contract; our record is kept alive by the self-reference just
     // handed over.
-    unsafe {
-        arch::switch_final(
-            word,
-            (*me_pointer).context.get().as_ref(),
-            (*receiver).context.get().as_ref(),
-        )
-    }
+    unsafe { arch::switch_final(word, context_of(me_pointer), context_of(receiver)) }
 }
 
 /// Walks a finished greenlet's payload to its receiver; returns the word to hand over (pointing

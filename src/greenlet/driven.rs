@@ -411,7 +411,7 @@ unsafe extern "C" fn driven_entry<R, F: FnOnce() -> R>(
     unsafe { (driven.slot.get() as *mut Outcome<R>).write(Some(outcome)) };
     let poller = driven.poller.get();
     if !poller.is_null() && driven.parented.get() == poller {
-        me.record.state.set(State::Dead);
+        me.record.mark_dead();
         // SAFETY: the poller is our parent (alive: our parent link holds it), suspended in
         // `DrivenGreenlet::poll` awaiting a `Yielded`, which is zero-sized: word 0.
         unsafe { final_switch(me, 0, poller) }
