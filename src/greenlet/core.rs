@@ -167,13 +167,6 @@ impl RecordRef {
     }
 }
 
-impl Record {
-    /// How many references the record has.
-    pub(super) fn references(&self) -> usize {
-        self.references.get()
-    }
-}
-
 impl std::ops::Deref for RecordRef {
     type Target = Record;
 
@@ -695,7 +688,7 @@ fn fast_word<T>(value: *mut T) -> Option<usize> {
 /// looking at it: no trace hook wants to see the switch, and `me` is not abandoned (holding no
 /// reference to itself but its own, which its receiver would have to act on).
 #[inline(always)]
-fn sender_is_plain(me: *const Record) -> bool {
+pub(super) fn sender_is_plain(me: *const Record) -> bool {
     // SAFETY: the running greenlet is alive; its count and kind are only read.
     !trace::is_set() && unsafe { (*me).references.get() != 1 || (*me).is_main }
 }

@@ -55,7 +55,7 @@ use std::task::{Context, Poll};
 use super::core::{
     Extra, Payload, Record, RecordRef, State, begin, build_record, current_record, discard_panic,
     final_switch, finish, handle_from_raw, receive_out_of_line, refuse_start,
-    release_finished_held, switch_to, transfer_raw,
+    release_finished_held, sender_is_plain, switch_to, transfer_raw,
 };
 use super::{Greenlet, getcurrent, trace};
 use crate::stack::{Stack, StackError};
@@ -92,6 +92,22 @@ pub(super) struct Resume;
 
 /// What a driven greenlet hands its poller: it suspended, or (if it is now dead) it finished.
 pub(super) struct Yielded;
+
+/// The word one end of the protocol sends the other when the receiver must do a general
+/// greenlet switch's bookkeeping (a trace hook is set, or the poller holds no reference to
+/// itself). A poll resuming its greenlet, and a greenlet suspending in `awaitlet`, check that
+/// on their own side before switching and otherwise send 0, so that the receiver of a 0 reads
+/// nothing about its sender right after the switch. (A finishing greenlet sends 0 and its
+/// poller checks the trace hook itself.) `Resume` and `Yielded` are zero-sized, so any word
+/// without tag bits is a valid value word for them; this one fails the receiver's `word == 0`
+/// test and takes it down the general receive, which settles the switch.
+const SETTLE: usize = 4;
+
+/// The word for a plain switch from `me`: 0, or [`SETTLE`] when its receiver has more to do.
+#[inline(always)]
+fn protocol_word(plain: bool) -> usize {
+    if plain { 0 } else { SETTLE }
+}
 
 /// What `f` came to: its value or its panic; `None` until it finishes.
 type Outcome<R> = Option<std::thread::Result<R>>;
@@ -206,15 +222,21 @@ impl<'a, R> DrivenGreenlet<'a, R> {
         }
         record.await_cx.set(cx as *mut Context<'_> as *mut ());
         driven.poller.set(me);
+        let word = protocol_word(sender_is_plain(me));
         // SAFETY: `me` runs; the target is unstarted or suspended in `awaitlet`, awaiting a
-        // `Resume` (a zero-sized value: word 0), and our record reference keeps it alive.
-        let (word, origin) = unsafe { switch_to::<Yielded>(me, target, 0) };
+        // `Resume` (zero-sized: any untagged word), and our record reference keeps it alive.
+        let (word, origin) = unsafe { switch_to::<Yielded>(me, target, word) };
         driven.poller.set(ptr::null());
         // Taken (null) while the greenlet is inside a future's poll with it.
         let cx_in_use = record.await_cx.replace(ptr::null_mut()).is_null();
-        if word == 0 && origin == target && !trace::is_set() {
+        // A greenlet suspending in `awaitlet` checked the trace hook before sending 0 (see
+        // `SETTLE`); a finishing one leaves that to us, off its entry function's path.
+        if word == 0 && origin == target {
             if record.state.get() == State::Active {
                 return Poll::Pending;
+            }
+            if trace::is_set() {
+                return self.resumed(word, origin, me, cx_in_use);
             }
             // SAFETY: it finished: its final switch handed us its self-reference, and ours
             // remains.
@@ -413,7 +435,8 @@ unsafe extern "C" fn driven_entry<R, F: FnOnce() -> R>(
     if !poller.is_null() && driven.parented.get() == poller {
         me.record.mark_dead();
         // SAFETY: the poller is our parent (alive: our parent link holds it), suspended in
-        // `DrivenGreenlet::poll` awaiting a `Yielded`, which is zero-sized: word 0.
+        // `DrivenGreenlet::poll` awaiting a `Yielded`, which is zero-sized: word 0. The poller
+        // checks the trace hook itself after a final switch (see `SETTLE`).
         unsafe { final_switch(me, 0, poller) }
     }
     // Cancelled (the parent is the dropping greenlet), or re-parented by `set_parent`.
@@ -498,14 +521,16 @@ pub(crate) fn await_in_driven<F: Future>(fut: F) -> Result<F::Output, NotAwaited
         driven.awaited.set(true);
         let poller = driven.poller.get();
         driven.parked.set(true);
+        // Abandoned we cannot be (the `DrivenGreenlet` holds a reference): only the trace hook
+        // can call for the poller's bookkeeping.
+        let word = protocol_word(!trace::is_set());
         // SAFETY: we run; the poller is suspended in `DrivenGreenlet::poll`, awaiting a
-        // `Yielded` (zero-sized: word 0), alive while it polls us.
-        let (word, origin) = unsafe { switch_to::<Resume>(me, poller, 0) };
+        // `Yielded` (zero-sized: any untagged word), alive while it polls us.
+        let (word, origin) = unsafe { switch_to::<Resume>(me, poller, word) };
         driven.parked.set(false);
-        // SAFETY: the sender is alive (it just switched); its state and count are only read.
-        let sender_kept = unsafe { (*origin).is_main || (*origin).references() != 1 };
-        // A sender left with only its own reference was abandoned (rule 43): `settle` kills it.
-        let plain = word == 0 && origin == driven.poller.get() && !trace::is_set() && sender_kept;
+        // A 0 from the poller: it checked the trace hook and its own count (rule 43: one left
+        // with only its own reference was abandoned, and `settle` kills it) before sending.
+        let plain = word == 0 && origin == driven.poller.get();
         if !plain {
             // SAFETY: `word` is untouched; we await a `Resume`.
             resumed_otherwise(unsafe { receive_out_of_line::<Resume>(word, origin, me) });
