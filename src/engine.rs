@@ -193,26 +193,22 @@ impl<F> Fiber<F> {
         // (`own_context` finds its context); both live on its stack, which we own.
         let (received, _) =
             unsafe { arch::switch_nested(value, &shared.caller, own_context(self.shared)) };
-        if shared.state.get() == State::Live {
-            Resumed::Suspended(received)
-        } else {
-            self.finished(received)
+        // A fiber returns once, so that case stays inline too: it is half of a short life.
+        match shared.state.get() {
+            State::Live => Resumed::Suspended(received),
+            State::Returned => Resumed::Returned(received),
+            State::Panicked => self.panicked(),
         }
     }
 
     #[cold]
-    fn finished(&self, word: usize) -> Resumed {
-        let shared = self.shared();
-        match shared.state.get() {
-            State::Returned => Resumed::Returned(word),
-            State::Panicked => Resumed::Panicked(
-                shared
-                    .panic
-                    .take()
-                    .expect("a panicked fiber keeps its payload"),
-            ),
-            State::Live => unreachable!("a finished fiber is not running"),
-        }
+    fn panicked(&self) -> Resumed {
+        Resumed::Panicked(
+            self.shared()
+                .panic
+                .take()
+                .expect("a panicked fiber keeps its payload"),
+        )
     }
 
     /// Finishes the fiber (unwinding it if suspended) and gives its stack back.
