@@ -293,12 +293,12 @@ pub(crate) fn current_record() -> *const Record {
     current
 }
 
-/// The running greenlet, for code holding a handle of this thread (handles are `!Send`): it
-/// keeps the thread's main greenlet alive through its chain of parents, which ends there, so
-/// [`CURRENT`] has been set and not yet marked [`EXITED`], and the check that
+/// The running greenlet, for code holding a reference to a record of this thread (references
+/// are `!Send`): it keeps the thread's main greenlet alive through its chain of parents, which
+/// ends there, so [`CURRENT`] has been set and not yet marked [`EXITED`], and the check that
 /// [`current_record`] makes cannot fail.
 #[inline(always)]
-pub(crate) fn current_record_held(_held: &Greenlet) -> *const Record {
+pub(crate) fn current_record_held(_held: &RecordRef) -> *const Record {
     let current = CURRENT.with(Cell::get);
     debug_assert!(current.addr() > EXITED.addr());
     current
@@ -796,7 +796,7 @@ pub(crate) fn transfer_value<T: 'static, R: 'static>(
 ) -> Result<R, SwitchError> {
     let mut value = ManuallyDrop::new(Crossing(value));
     let pointer = &mut value.0 as *mut T;
-    let me = current_record_held(target);
+    let me = current_record_held(&target.record);
     let fast = |_: &usize| accepts_fast::<T>(&target.record, me) && sender_is_plain(me);
     if let Some(word) = fast_word(pointer).filter(fast) {
         // SAFETY: we run; the target is suspended or unstarted, kept alive by the caller's
@@ -880,7 +880,7 @@ fn raise<R>(received: Received<R>) -> Result<R, SwitchError> {
 /// [`transfer`], handing a received panic back instead of raising it.
 #[inline(always)]
 pub(crate) fn transfer_raw<R: 'static>(target: &Greenlet, mut payload: Payload) -> Received<R> {
-    let me = current_record_held(target);
+    let me = current_record_held(&target.record);
     match resolve(target, &mut payload) {
         Destination::Here => {
             let event = payload.event();

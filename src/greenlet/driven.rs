@@ -53,9 +53,9 @@ use std::ptr;
 use std::task::{Context, Poll};
 
 use super::core::{
-    Extra, Payload, Record, RecordRef, State, begin, build_record, current_record, discard_panic,
-    final_switch, finish, handle_from_raw, receive_out_of_line, refuse_start,
-    release_finished_held, sender_is_plain, switch_to, transfer_raw,
+    Extra, Payload, Record, RecordRef, State, begin, build_record, current_record,
+    current_record_held, discard_panic, final_switch, finish, handle_from_raw, receive_out_of_line,
+    refuse_start, release_finished_held, sender_is_plain, switch_to, transfer_raw,
 };
 use super::{Greenlet, getcurrent, trace};
 use crate::stack::{Stack, StackError};
@@ -150,6 +150,18 @@ fn driven_state(record: &Record) -> &Driven {
         .expect("a driven greenlet has bridge state")
 }
 
+/// [`driven_state`] without the check, for the two ends of a pending wait.
+///
+/// # Safety
+///
+/// `record` must be a driven greenlet's (made by [`build`]).
+#[inline(always)]
+unsafe fn driven_state_unchecked(record: &Record) -> &Driven {
+    debug_assert!(record.driven.is_some());
+    // SAFETY: the caller's contract: `build` always gives the record its bridge state.
+    unsafe { record.driven.as_ref().unwrap_unchecked() }
+}
+
 /// Builds a driven greenlet's record anew on `stack`, moving an unstarted one's closure there.
 type Rebuild = unsafe fn(&RecordRef, Stack) -> RecordRef;
 
@@ -209,10 +221,11 @@ impl<'a, R> DrivenGreenlet<'a, R> {
     /// in the module docs.
     #[inline(always)]
     pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<R> {
-        let me = current_record();
+        let me = current_record_held(&self.record);
         let target = RecordRef::as_ptr(&self.record);
         let record = &*self.record;
-        let driven = driven_state(record);
+        // SAFETY: `build` made the record.
+        let driven = unsafe { driven_state_unchecked(record) };
         let resumable = record.state.get() != State::Dead
             && driven.parked.get()
             && driven.parented.get() == me
@@ -517,7 +530,8 @@ pub(crate) fn await_in_driven<F: Future>(fut: F) -> Result<F::Output, NotAwaited
         if let Poll::Ready(output) = polled {
             return Ok(output);
         }
-        let driven = driven_state(record);
+        // SAFETY: only a driven greenlet's record holds a context to poll with.
+        let driven = unsafe { driven_state_unchecked(record) };
         driven.awaited.set(true);
         let poller = driven.poller.get();
         driven.parked.set(true);
