@@ -130,6 +130,43 @@ fn async_def_stack_sizes_at_the_limits_run_and_survive_a_panic() {
     }
 }
 
+// The first backtrace of a process costs the most stack: the default hook loads the debug
+// information on the panicking stack. A child process whose first panics happen on the
+// smallest stacks, with backtraces on, still catches them and carries them out.
+#[test]
+fn a_first_panic_with_backtraces_on_fits_the_smallest_stack() {
+    if is_child("backtrace-on-small-stack") {
+        let greenlet = Greenlet::builder()
+            .stack_size(MIN_STACK_SIZE)
+            .build(|()| -> u32 { panic!("greenlet on the smallest stack") })
+            .unwrap();
+        let panic = catch(|| greenlet.switch::<(), u32>(())).unwrap_err();
+        assert_eq!(text(&*panic), "greenlet on the smallest stack");
+        let function = async_def(|| -> u32 { panic!("async_def on the smallest stack") })
+            .stack_size(MIN_STACK_SIZE);
+        let panic = catch(|| drive(function)).unwrap_err();
+        assert_eq!(text(&*panic), "async_def on the smallest stack");
+        println!("CHILD-SURVIVED");
+        return;
+    }
+    let output = child_command(
+        "a_first_panic_with_backtraces_on_fits_the_smallest_stack",
+        "backtrace-on-small-stack",
+    )
+    .env("RUST_BACKTRACE", "1")
+    .output()
+    .expect("spawn the test binary again");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stdout.contains("CHILD-SURVIVED"), "{stdout}");
+    assert_eq!(
+        stderr.matches("stack backtrace:").count(),
+        2,
+        "the hook printed both backtraces: {stderr}"
+    );
+}
+
 #[test]
 fn greenlet_builder_stack_sizes_out_of_range_return_stack_error_and_drop_the_closure() {
     let cases = [

@@ -194,13 +194,13 @@ fn overflowing_a_stack_without_guard_page_aborts_when_it_is_released() {
 fn the_lowest_stack_of_a_slab_overflows_into_its_guard_page() {
     if is_child("slab-guard") {
         set_guard_pages(false);
-        overflow_a_fiber_stack(32 * 1024);
+        overflow_a_fiber_stack(64 * 1024);
         return;
     }
     child_dies_of_overflow(
         "the_lowest_stack_of_a_slab_overflows_into_its_guard_page",
         "slab-guard",
-        32,
+        64,
     );
 }
 

@@ -214,7 +214,7 @@ fn overflow_is_reported_on_threads_without_an_alternate_signal_stack() {
     if is_child("overflow-raw-thread") {
         // A thread that std did not start has no alternate signal stack; awaitlet adds one.
         extern "C" fn thread_main(_: *mut libc::c_void) -> *mut libc::c_void {
-            let mut runaway = Fiber::new(Stack::new(32 * 1024).unwrap(), |_, depth| {
+            let mut runaway = Fiber::new(Stack::new(64 * 1024).unwrap(), |_, depth| {
                 recurse_forever(depth)
             });
             let _ = runaway.resume(0);
@@ -240,7 +240,7 @@ fn overflow_is_reported_on_threads_without_an_alternate_signal_stack() {
     child_dies_of_overflow(
         "overflow_is_reported_on_threads_without_an_alternate_signal_stack",
         "overflow-raw-thread",
-        32,
+        64,
     );
 }
 

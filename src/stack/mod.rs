@@ -97,8 +97,14 @@ use std::ptr::NonNull;
 /// The stack size used when none is given: 1 MiB (see the [module docs](self) for why).
 pub const DEFAULT_STACK_SIZE: usize = 1024 * 1024;
 
-/// The smallest stack size accepted: 16 KiB, enough for a panic to be caught and carried out.
-pub const MIN_STACK_SIZE: usize = 16 * 1024;
+/// The smallest stack size accepted: 64 KiB, enough for a panic to be caught and carried out.
+///
+/// That includes the default panic hook's backtrace when `RUST_BACKTRACE` is set: the hook
+/// runs on the panicking stack, and the first backtrace of a process also loads and parses the
+/// debug information there, which takes more than 20 KiB of stack (more than 24 KiB under
+/// AddressSanitizer). The minimum leaves room for that at least twice over. Only touched pages
+/// cost memory, so the higher floor costs a shallow greenlet no resident memory.
+pub const MIN_STACK_SIZE: usize = 64 * 1024;
 
 /// The largest stack size accepted: 1 GiB. Anything larger is almost surely a unit mistake.
 pub const MAX_STACK_SIZE: usize = 1024 * 1024 * 1024;
