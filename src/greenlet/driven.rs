@@ -20,9 +20,10 @@
 //!   |   <- outcome from the slot  <-------------- final switch           |
 //! ```
 //!
-//! Nothing crosses a switch but the zero word: the poller leaves `cx` in the greenlet's
-//! [`Driven`] state before switching in and clears it when it is back, so `awaitlet` polls with
-//! the context of the poll in progress and never with a stale one. `f`'s result (or panic) is
+//! Nothing crosses a switch but a word that is 0 unless the receiver has bookkeeping to do
+//! ([`SETTLE`]): the poller leaves `cx` in the greenlet's [`Driven`] state before switching in
+//! and clears it when it is back, so `awaitlet` polls with the context of the poll in progress
+//! and never with a stale one. `f`'s result (or panic) is
 //! written to a slot on the greenlet's own stack, beside its record, where the poller reads it
 //! after the final switch.
 //!
@@ -94,8 +95,8 @@ pub(super) struct Resume;
 pub(super) struct Yielded;
 
 /// The word one end of the protocol sends the other when the receiver must do a general
-/// greenlet switch's bookkeeping (a trace hook is set, or the poller holds no reference to
-/// itself). A poll resuming its greenlet, and a greenlet suspending in `awaitlet`, check that
+/// greenlet switch's bookkeeping (a trace hook is set, or the poller was abandoned: no reference
+/// to it remains but its own). A poll resuming its greenlet, and a greenlet suspending in `awaitlet`, check that
 /// on their own side before switching and otherwise send 0, so that the receiver of a 0 reads
 /// nothing about its sender right after the switch. (A finishing greenlet sends 0 and its
 /// poller checks the trace hook itself.) `Resume` and `Yielded` are zero-sized, so any word
@@ -103,7 +104,7 @@ pub(super) struct Yielded;
 /// test and takes it down the general receive, which settles the switch.
 const SETTLE: usize = 4;
 
-/// The word for a plain switch from `me`: 0, or [`SETTLE`] when its receiver has more to do.
+/// The word a switch of the protocol carries: 0 when it is `plain`, otherwise [`SETTLE`].
 #[inline(always)]
 fn protocol_word(plain: bool) -> usize {
     if plain { 0 } else { SETTLE }
