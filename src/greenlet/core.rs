@@ -15,10 +15,10 @@
 //! - a started, unfinished greenlet, to itself, taken by its entry function. When it finishes,
 //!   its final switch hands that reference to the receiver, which drops it.
 //!
-//! The running greenlet is named by a raw pointer in a thread-local ([`CURRENT`]) that owns no
+//! The running greenlet is named by a raw pointer in a thread-local ([`SWITCH`]) that owns no
 //! reference: the running greenlet is kept alive by its self-reference (or, for main, by the
 //! thread), so a switch touches no reference count at all. The receiving side of a switch
-//! updates `CURRENT`; it learns who sent from the context the switch hands over, just below
+//! updates that pointer; it learns who sent from the context the switch hands over, just below
 //! the sending greenlet's record ([`record_of`]).
 //!
 //! A started, suspended, non-main greenlet whose only reference is its self-reference has been
@@ -45,7 +45,7 @@
 //! ```text
 //!   sender's stack                       receiver's stack
 //!   | value: T      | <---- word ------- | switch::<_, T>() resumes, reads the T
-//!   | (suspended)   |                    | CURRENT: sender -> receiver
+//!   | (suspended)   |                    | running: sender -> receiver
 //! ```
 
 use std::alloc::Layout;
@@ -65,7 +65,7 @@ use crate::stack::Stack;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum State {
     Unstarted,
-    /// Started and not finished: running when [`CURRENT`] names it, suspended otherwise.
+    /// Started and not finished: running when [`SWITCH`] names it, suspended otherwise.
     Active,
     Dead,
 }
@@ -121,7 +121,7 @@ impl Drop for Record {
         if self.is_main {
             // The thread's last greenlet is gone and the thread is exiting (only then is main
             // released): later calls must not find a dangling current greenlet.
-            let _ = CURRENT.try_with(|current| current.set(EXITED));
+            let _ = SWITCH.try_with(|switch| switch.current.set(EXITED));
         }
     }
 }
@@ -261,14 +261,25 @@ unsafe fn record_of(context: *const Context) -> *const Record {
     unsafe { context.byte_add(arch::CONTEXT_BELOW_TOP).cast::<Record>() }
 }
 
-/// [`CURRENT`] before the thread has a main greenlet.
+/// The running greenlet ([`SWITCH`]) before the thread has a main greenlet.
 const UNINITIALISED: *const Record = std::ptr::null();
-/// [`CURRENT`] once the thread's main greenlet is gone (the thread is exiting).
+/// The running greenlet ([`SWITCH`]) once the thread's main greenlet is gone (the thread is
+/// exiting).
 const EXITED: *const Record = std::ptr::dangling();
 
+/// What every switch reads of its thread: the running greenlet, and whether a trace hook is set
+/// ([`super::trace`]). One thread-local for both, so a switch reaches both from one address.
+struct SwitchState {
+    current: Cell<*const Record>,
+    tracing: Cell<bool>,
+}
+
 thread_local! {
-    /// The running greenlet. Const-initialised, no destructor: a plain thread-local load.
-    static CURRENT: Cell<*const Record> = const { Cell::new(UNINITIALISED) };
+    /// The running greenlet and the trace flag. Const-initialised, no destructor: plain
+    /// thread-local loads.
+    static SWITCH: SwitchState = const {
+        SwitchState { current: Cell::new(UNINITIALISED), tracing: Cell::new(false) }
+    };
     /// The thread's reference to its main greenlet, released when the thread exits.
     static MAIN: MainOwner = const { MainOwner(RefCell::new(None)) };
 }
@@ -286,7 +297,7 @@ impl Drop for MainOwner {
 /// The running greenlet of this thread (creating the main greenlet on first use).
 #[inline(always)]
 pub(crate) fn current_record() -> *const Record {
-    let current = CURRENT.with(Cell::get);
+    let current = SWITCH.with(|switch| switch.current.get());
     if current.addr() <= EXITED.addr() {
         return current_record_slow(current);
     }
@@ -295,13 +306,24 @@ pub(crate) fn current_record() -> *const Record {
 
 /// The running greenlet, for code holding a reference to a record of this thread (references
 /// are `!Send`): it keeps the thread's main greenlet alive through its chain of parents, which
-/// ends there, so [`CURRENT`] has been set and not yet marked [`EXITED`], and the check that
+/// ends there, so [`SWITCH`] has been set and not yet marked [`EXITED`], and the check that
 /// [`current_record`] makes cannot fail.
 #[inline(always)]
 pub(crate) fn current_record_held(_held: &RecordRef) -> *const Record {
-    let current = CURRENT.with(Cell::get);
+    let current = SWITCH.with(|switch| switch.current.get());
     debug_assert!(current.addr() > EXITED.addr());
     current
+}
+
+/// True while this thread has a trace hook ([`super::trace`]).
+#[inline(always)]
+pub(super) fn tracing() -> bool {
+    SWITCH.with(|switch| switch.tracing.get())
+}
+
+/// Records whether this thread has a trace hook.
+pub(super) fn set_tracing(tracing: bool) {
+    SWITCH.with(|switch| switch.tracing.set(tracing));
 }
 
 #[cold]
@@ -334,7 +356,7 @@ fn current_record_slow(current: *const Record) -> *const Record {
     // SAFETY: the box's one counted reference goes to the thread's owner.
     let main = unsafe { RecordRef::from_raw(pointer) };
     MAIN.with(|owner| *owner.0.borrow_mut() = Some(Greenlet { record: main }));
-    CURRENT.with(|current| current.set(pointer));
+    SWITCH.with(|switch| switch.current.set(pointer));
     pointer
 }
 
@@ -941,7 +963,7 @@ pub(super) unsafe fn switch_to<R: 'static>(
         let origin = record_of(sender);
         #[cfg(awaitlet_asan)]
         learn_stack_bounds(origin, arch::asan::after_switch(Some(departure)));
-        CURRENT.with(|current| current.set(me));
+        SWITCH.with(|switch| switch.current.set(me));
         (word, origin)
     }
 }
@@ -1164,7 +1186,7 @@ pub(super) unsafe fn begin<A: 'static>(
     unsafe {
         learn_stack_bounds(origin, arch::asan::after_switch(None))
     };
-    CURRENT.with(|current| current.set(me_pointer));
+    SWITCH.with(|switch| switch.current.set(me_pointer));
     me.record.state.set(State::Active);
     let start = me
         .record

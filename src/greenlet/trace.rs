@@ -1,11 +1,11 @@
 //! The per-thread trace hook: told of every switch and throw, in the greenlet receiving it.
 
 use std::any::Any;
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use super::Greenlet;
-use super::core::{Record, handle_from_raw};
+use super::core::{Record, handle_from_raw, set_tracing, tracing};
 
 /// What a trace hook is told about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -21,8 +21,6 @@ pub enum TraceEvent {
 pub type TraceHook = Box<dyn FnMut(TraceEvent, &Greenlet, &Greenlet)>;
 
 thread_local! {
-    /// Whether a hook is set: the only thing a switch reads when none is.
-    static TRACING: Cell<bool> = const { Cell::new(false) };
     static HOOK: RefCell<Option<TraceHook>> = const { RefCell::new(None) };
 }
 
@@ -45,14 +43,14 @@ thread_local! {
 /// assert_eq!(*events.borrow(), [TraceEvent::Switch, TraceEvent::Switch]);
 /// ```
 pub fn settrace(hook: Option<TraceHook>) -> Option<TraceHook> {
-    TRACING.with(|tracing| tracing.set(hook.is_some()));
+    set_tracing(hook.is_some());
     HOOK.with(|slot| slot.replace(hook))
 }
 
 /// True while a hook is set.
 #[inline(always)]
 pub(super) fn is_set() -> bool {
-    TRACING.with(Cell::get)
+    tracing()
 }
 
 /// Calls the hook, if any, for a switch from `origin` to `target`. A panic from the hook removes
@@ -63,7 +61,7 @@ pub(super) fn call(
     origin: *const Record,
     target: *const Record,
 ) -> Result<(), Box<dyn Any + Send>> {
-    if !TRACING.with(Cell::get) {
+    if !tracing() {
         return Ok(());
     }
     call_hook(event, origin, target)
@@ -91,14 +89,14 @@ fn call_hook(
             // Put it back unless the hook replaced itself meanwhile.
             let _ = HOOK.try_with(|slot| {
                 let mut slot = slot.borrow_mut();
-                if slot.is_none() && TRACING.with(Cell::get) {
+                if slot.is_none() && tracing() {
                     *slot = Some(hook);
                 }
             });
             Ok(())
         }
         Err(panic) => {
-            TRACING.with(|tracing| tracing.set(false));
+            set_tracing(false);
             Err(panic)
         }
     }
