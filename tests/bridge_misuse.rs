@@ -24,7 +24,7 @@ use awaitlet::{
 use common::{
     PanicOnDrop, catch, check_child_ok, child_aborts,
     child_aborts_on_a_destructor_panic_during_cleanup, child_command, child_ok, drive, is_child,
-    library_lines, pending_then, poll_once, text,
+    library_lines, pending_then, poll_once, run_child_with_env, text,
 };
 
 const NO_CONTEXT: &str =
@@ -149,13 +149,12 @@ fn a_first_panic_with_backtraces_on_fits_the_smallest_stack() {
         println!("CHILD-SURVIVED");
         return;
     }
-    let output = child_command(
+    let output = run_child_with_env(
         "a_first_panic_with_backtraces_on_fits_the_smallest_stack",
         "backtrace-on-small-stack",
-    )
-    .env("RUST_BACKTRACE", "1")
-    .output()
-    .expect("spawn the test binary again");
+        "RUST_BACKTRACE",
+        "1",
+    );
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");

@@ -17,7 +17,7 @@ use std::thread;
 
 use awaitlet::greenlet::settrace;
 use awaitlet::{Greenlet, GreenletExit, getcurrent};
-use common::{assert_memory_flat, child_command, is_child, process_memory};
+use common::{assert_memory_flat, is_child, process_memory, run_child_with_env};
 
 const VANISHED: &str = "Killing the greenlet because all references have vanished.";
 
@@ -317,13 +317,12 @@ fn stacks_of_greenlets_left_at_thread_exit_are_not_leaked() {
         return;
     }
     // One malloc arena, so new per-thread arenas do not grow the virtual size.
-    let output = child_command(
+    let output = run_child_with_env(
         "stacks_of_greenlets_left_at_thread_exit_are_not_leaked",
         "no-leak",
-    )
-    .env("MALLOC_ARENA_MAX", "1")
-    .output()
-    .unwrap();
+        "MALLOC_ARENA_MAX",
+        "1",
+    );
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success() && stdout.contains("CHILD-OK"),

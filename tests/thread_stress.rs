@@ -24,7 +24,7 @@ use std::task::{Context, Poll, Waker};
 use std::thread;
 
 use awaitlet::{AsyncDef, Cancelled, Greenlet, GreenletExit, async_def, awaitlet, getcurrent};
-use common::{assert_memory_flat, child_command, is_child, process_memory};
+use common::{assert_memory_flat, is_child, process_memory, run_child_with_env};
 use futures::task::LocalSpawnExt;
 
 const THREADS: u64 = 8;
@@ -745,13 +745,12 @@ fn threads_exiting_with_suspended_stacks_leak_no_mappings() {
         println!("CHILD-OK {before:?} {after:?}");
         return;
     }
-    let output = child_command(
+    let output = run_child_with_env(
         "threads_exiting_with_suspended_stacks_leak_no_mappings",
         "no-leak",
-    )
-    .env("MALLOC_ARENA_MAX", "1")
-    .output()
-    .expect("spawn the test binary again");
+        "MALLOC_ARENA_MAX",
+        "1",
+    );
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success() && stdout.contains("CHILD-OK"),

@@ -31,6 +31,14 @@ pub(crate) fn run_child(test_name: &str, role: &str) -> Output {
         .expect("spawn the test binary again")
 }
 
+/// Runs [`child_command`] to completion with `name` set to `value` in the child's environment.
+pub(crate) fn run_child_with_env(test_name: &str, role: &str, name: &str, value: &str) -> Output {
+    child_command(test_name, role)
+        .env(name, value)
+        .output()
+        .expect("spawn the test binary again")
+}
+
 /// The signal that ended a child, if one did.
 pub(crate) fn terminating_signal(output: &Output) -> Option<i32> {
     use std::os::unix::process::ExitStatusExt;
