@@ -730,10 +730,9 @@ pub(super) fn sender_is_plain(me: *const Record) -> bool {
 /// started yet, will start with) a switch that asks for exactly a `T`.
 #[inline(always)]
 fn accepts_fast<T: 'static>(target: &Record, me: *const Record) -> bool {
-    // Unstarted or active, and not running: the running greenlet is `me`, which is active
-    // (never unstarted), so one comparison with `me` covers both states.
-    // A dead greenlet awaits nothing (its key is null: see `Record::mark_dead`), so the key
-    // alone rules it out; the running greenlet is `me`.
+    // Unstarted or suspended, neither dead nor running: a dead greenlet awaits nothing (its
+    // key is null: see `Record::mark_dead`), so the key rules it out, and the running
+    // greenlet is `me`.
     !std::ptr::eq(target, me) && target.awaiting.get() == type_key::<T>()
 }
 
