@@ -58,8 +58,8 @@ fn resumed_finished() -> ! {
 /// in registers.
 ///
 /// The fiber's own context lies just below this block, [`arch::CONTEXT_BELOW_TOP`] bytes down
-/// (see [`own_context`]): reaching it takes an addition, not a load, which keeps a load off the
-/// chain each switch waits on (the next stack pointer is found through it).
+/// (see [`arch::context_below`]): reaching it takes an addition, not a load, which keeps a load
+/// off the chain each switch waits on (the next stack pointer is found through it).
 struct Shared {
     caller: Context,
     state: Cell<State>,
@@ -84,25 +84,6 @@ pub struct Suspender {
     _not_send: PhantomData<*mut ()>,
 }
 
-/// The fiber's own context, which `arch::init` wrote just below its `Shared` block.
-///
-/// Takes the raw pointer, not a reference: the context lies outside the `Shared` block.
-///
-/// # Safety
-///
-/// `shared` must be the `Shared` block of a fiber that is alive for `'a`, as made by
-/// `Fiber::new` (with provenance over the stack around it).
-unsafe fn own_context<'a>(shared: NonNull<Shared>) -> &'a Context {
-    // SAFETY: `Fiber::new` had `arch::init` write the context `CONTEXT_BELOW_TOP` bytes below
-    // `shared`, on the same stack, which the caller keeps alive for `'a`.
-    unsafe {
-        shared
-            .byte_sub(arch::CONTEXT_BELOW_TOP)
-            .cast::<Context>()
-            .as_ref()
-    }
-}
-
 impl Suspender {
     /// Switches back to the resumer, which sees [`Resumed::Suspended`]`(value)`; returns the word
     /// of the next [`Fiber::resume`].
@@ -110,10 +91,15 @@ impl Suspender {
     pub fn suspend(&self, value: usize) -> usize {
         // SAFETY: `Shared` lives near the top of our own stack, which is running.
         let shared = unsafe { self.shared.as_ref() };
-        // SAFETY: we are the running fiber, whose block `self.shared` is (`own_context` finds our
-        // context); `caller` is suspended in `Fiber::resume`.
-        let (received, _) =
-            unsafe { arch::switch_nested(value, own_context(self.shared), &shared.caller) };
+        // SAFETY: we are the running fiber, whose block `self.shared` is (`Fiber::new` put our
+        // context just below it); `caller` is suspended in `Fiber::resume`.
+        let (received, _) = unsafe {
+            arch::switch_nested(
+                value,
+                arch::context_below(self.shared.as_ptr()),
+                &shared.caller,
+            )
+        };
         if shared.cancel.get() {
             cancelled();
         }
@@ -190,9 +176,14 @@ impl<F> Fiber<F> {
         }
         // The fiber is unstarted or suspended in `Suspender::suspend`.
         // SAFETY: we run on the caller's stack (`caller`); `self.shared` is the fiber's block
-        // (`own_context` finds its context); both live on its stack, which we own.
-        let (received, _) =
-            unsafe { arch::switch_nested(value, &shared.caller, own_context(self.shared)) };
+        // (`Fiber::new` put its context just below it); both live on its stack, which we own.
+        let (received, _) = unsafe {
+            arch::switch_nested(
+                value,
+                &shared.caller,
+                arch::context_below(self.shared.as_ptr()),
+            )
+        };
         // A fiber returns once, so that case stays inline too: it is half of a short life.
         match shared.state.get() {
             State::Live => Resumed::Suspended(received),
@@ -286,7 +277,13 @@ unsafe extern "C" fn entry<F: FnOnce(&Suspender, usize) -> usize>(
             0
         }
     };
-    // SAFETY: `shared_at` is this fiber's block (`own_context` finds its context); the caller
-    // is suspended in `Fiber::resume`; nothing on this stack is needed again.
-    unsafe { arch::switch_final(word, own_context(shared_at), &shared.caller) }
+    // SAFETY: `shared_at` is this fiber's block (`Fiber::new` put its context just below it);
+    // the caller is suspended in `Fiber::resume`; nothing on this stack is needed again.
+    unsafe {
+        arch::switch_final(
+            word,
+            arch::context_below(shared_at.as_ptr()),
+            &shared.caller,
+        )
+    }
 }

@@ -119,6 +119,33 @@ pub(crate) use backend::{BACKEND_NAME, init, switch, switch_final, switch_nested
 /// from that data, by an addition instead of a load.
 pub(crate) const CONTEXT_BELOW_TOP: usize = 32;
 
+/// The context [`CONTEXT_BELOW_TOP`] bytes below `above`: the one [`init`] wrote when given
+/// `above` as its `stack_top`, or one placed at that distance below its owner's data the same
+/// way (the main greenlet's).
+///
+/// # Safety
+///
+/// Such a context must lie there, alive for `'a`, and `above` must carry provenance over it
+/// (made from the stack's or the block's address, not from a reference to the data alone).
+#[inline(always)]
+pub(crate) unsafe fn context_below<'a, T>(above: *const T) -> &'a Context {
+    // SAFETY: the caller's contract.
+    unsafe { &*above.byte_sub(CONTEXT_BELOW_TOP).cast::<Context>() }
+}
+
+/// The data just above `context` (the inverse of [`context_below`]): how a receiver learns who
+/// switched to it from the sender a switch hands over.
+///
+/// # Safety
+///
+/// `context` must have been placed [`CONTEXT_BELOW_TOP`] bytes below a `T`, and carry
+/// provenance over it (as the context pointers switches hand over do).
+#[inline(always)]
+pub(crate) unsafe fn above_context<T>(context: *const Context) -> *const T {
+    // SAFETY: the caller's contract: the data lies that far above its context.
+    unsafe { context.byte_add(CONTEXT_BELOW_TOP).cast::<T>() }
+}
+
 /// The signature of a function that starts a fresh stack.
 ///
 /// It receives the word passed by the first [`switch`] into the context, the `data` pointer

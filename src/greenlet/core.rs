@@ -6,8 +6,8 @@
 //! A [`Record`] is reference counted by hand ([`RecordRef`]); [`Greenlet`] handles are the
 //! references. It lives near the top of the greenlet's own stack, just above the greenlet's
 //! context (main's is boxed, with the thread's context just below it: [`MainBlock`]), so that a
-//! switch finds a greenlet's context by an addition ([`context_of`]) rather than a load, which
-//! would lengthen the chain of loads each switch waits on. Besides the user's handles,
+//! switch finds a greenlet's context by an addition ([`arch::context_below`]) rather than a
+//! load, which would lengthen the chain of loads each switch waits on. Besides the user's handles,
 //! references are held by:
 //!
 //! - each child, to its parent (so a parent outlives its children, as in Python);
@@ -19,7 +19,7 @@
 //! reference: the running greenlet is kept alive by its self-reference (or, for main, by the
 //! thread), so a switch touches no reference count at all. The receiving side of a switch
 //! updates that pointer; it learns who sent from the context the switch hands over, just below
-//! the sending greenlet's record ([`record_of`]).
+//! the sending greenlet's record ([`arch::above_context`]).
 //!
 //! A started, suspended, non-main greenlet whose only reference is its self-reference has been
 //! abandoned: it is killed ([`kill_abandoned`]) where that is detected: when its last handle is
@@ -235,32 +235,6 @@ const _: () = assert!(
         == arch::CONTEXT_BELOW_TOP
 );
 
-/// The context of the greenlet whose record is at `record`: [`arch::CONTEXT_BELOW_TOP`] bytes
-/// below it, on its stack (or in main's [`MainBlock`]).
-///
-/// # Safety
-///
-/// `record` must point to a live record and carry provenance over the context below it: a
-/// pointer made from the stack's address or from main's block, never from a `&Record`.
-#[inline(always)]
-unsafe fn context_of<'a>(record: *const Record) -> &'a Context {
-    // SAFETY: the caller's contract; the context lives as long as its record.
-    unsafe { &*record.byte_sub(arch::CONTEXT_BELOW_TOP).cast::<Context>() }
-}
-
-/// The record of the greenlet whose context is at `context`, [`arch::CONTEXT_BELOW_TOP`] bytes
-/// above it (the inverse of [`context_of`]): how a receiver learns who switched to it.
-///
-/// # Safety
-///
-/// `context` must be a greenlet's context (every context the greenlet layer switches between
-/// is), handed over by a switch, so that it carries provenance over the record above it.
-#[inline(always)]
-unsafe fn record_of(context: *const Context) -> *const Record {
-    // SAFETY: the caller's contract: the record lies that far above its context.
-    unsafe { context.byte_add(arch::CONTEXT_BELOW_TOP).cast::<Record>() }
-}
-
 /// The running greenlet ([`SWITCH`]) before the thread has a main greenlet.
 const UNINITIALISED: *const Record = std::ptr::null();
 /// The running greenlet ([`SWITCH`]) once the thread's main greenlet is gone (the thread is
@@ -407,7 +381,7 @@ pub(super) unsafe fn build_record<A: 'static, F>(
     extra: Option<Extra>,
 ) -> RecordRef {
     // From the top of the stack down: the closure, the slot, the record, then the context
-    // (right below the record: see `context_of`) and the first frame.
+    // (right below the record: see `arch::context_below`) and the first frame.
     let closure_align = std::mem::align_of::<F>().max(16);
     let closure = (stack.top() as usize - std::mem::size_of::<F>()) & !(closure_align - 1);
     let slot_at = match &extra {
@@ -958,8 +932,9 @@ pub(super) unsafe fn switch_to<R: 'static>(
         }
         #[cfg(awaitlet_asan)]
         let departure = arch::asan::before_switch((*receiver).stack_bounds.get(), false);
-        let (word, sender) = arch::switch(word, context_of(me), context_of(receiver));
-        let origin = record_of(sender);
+        let (word, sender) =
+            arch::switch(word, arch::context_below(me), arch::context_below(receiver));
+        let origin = arch::above_context::<Record>(sender);
         #[cfg(awaitlet_asan)]
         learn_stack_bounds(origin, arch::asan::after_switch(Some(departure)));
         SWITCH.with(|switch| switch.current.set(me));
@@ -1178,8 +1153,9 @@ pub(super) unsafe fn begin<A: 'static>(
     // Our self-reference. The greenlet that started us holds a reference until we switch back.
     // SAFETY: as above.
     let me = unsafe { handle_from_raw(me_pointer) };
-    // SAFETY: the sender's context is live (it is suspended, or finishing, on its own stack).
-    let origin = unsafe { record_of(sender) };
+    // SAFETY: the sender is a greenlet: its record lies just above the context its switch
+    // handed over.
+    let origin = unsafe { arch::above_context::<Record>(sender) };
     // SAFETY: as above, the sender is alive.
     #[cfg(awaitlet_asan)]
     unsafe {
@@ -1282,7 +1258,13 @@ pub(super) unsafe fn final_switch(me: Greenlet, word: usize, receiver: *const Re
     arch::asan::before_switch(unsafe { (*receiver).stack_bounds.get() }, true);
     // SAFETY: the caller's contract; our record is kept alive by the self-reference just
     // handed over.
-    unsafe { arch::switch_final(word, context_of(me_pointer), context_of(receiver)) }
+    unsafe {
+        arch::switch_final(
+            word,
+            arch::context_below(me_pointer),
+            arch::context_below(receiver),
+        )
+    }
 }
 
 /// Walks a finished greenlet's payload to its receiver; returns the word to hand over (pointing
