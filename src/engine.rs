@@ -116,9 +116,21 @@ pub struct Fiber<F> {
 
 impl<F: FnOnce(&Suspender, usize) -> usize> Fiber<F> {
     /// A fiber that will run `closure` on `stack` at its first resume.
+    ///
+    /// # Panics
+    ///
+    /// If the closure takes more than half of the stack (it lives at the stack's top).
     pub fn new(stack: Stack, closure: F) -> Fiber<F> {
         // Layout from the top down: the closure, `Shared`, the context and the first frame.
         let align = std::mem::align_of::<F>().max(16);
+        let needed = std::mem::size_of::<F>() + align + std::mem::size_of::<Shared>() + 16;
+        assert!(
+            needed <= stack.size() / 2,
+            "awaitlet: a fiber's closure takes {} bytes, more than its {}-byte stack can hold \
+             with room to run; give it a larger stack",
+            std::mem::size_of::<F>(),
+            stack.size()
+        );
         let closure_at = align_down(stack.top() as usize - std::mem::size_of::<F>(), align);
         let shared = align_down(closure_at - std::mem::size_of::<Shared>(), 16);
         // SAFETY: the stack is ours and unused; every region lies inside it, suitably aligned.

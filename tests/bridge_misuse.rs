@@ -384,44 +384,153 @@ fn throws_into_a_finished_async_def_greenlet_go_to_its_parent_the_thrower() {
     assert!(driven.is_dead());
 }
 
+/// One way to resume a greenlet, named.
+type Resumption = (&'static str, fn(&Greenlet));
+
+/// What only the `AsyncDef` may do to its function's greenlet, tried from elsewhere.
+const RESUMPTIONS: [Resumption; 3] = [
+    ("switch", |driven| drop(driven.switch::<u32, u32>(1))),
+    ("throw", |driven| drop(driven.throw::<()>("thrown in"))),
+    ("kill", |driven| drop(driven.kill())),
+];
+
+const REFUSED: &str = "can only be resumed by its AsyncDef";
+
 #[test]
-fn a_throw_into_a_function_waiting_in_awaitlet_raises_there_and_ends_the_function() {
-    // Not a cancellation: the payload surfaces at the awaitlet call; the function may catch it.
-    // The function's end goes to its parent (the thrower here) as the bridge's internal value,
-    // which the thrower's `throw` reports as a value of another type; the AsyncDef then holds
-    // the function's result.
+fn switches_throws_and_kills_into_a_function_between_polls_are_refused() {
+    // Between polls, `f`'s borrows may have ended (the AsyncDef may have been leaked), so
+    // nothing but the AsyncDef may resume it: each attempt panics and changes nothing.
     let slot: Rc<RefCell<Option<Greenlet>>> = Rc::new(RefCell::new(None));
     let slot_inside = slot.clone();
-    let seen = Rc::new(RefCell::new(None));
-    let seen_inside = seen.clone();
+    let dropped = Rc::new(Cell::new(0));
+    let guard = Counted(dropped.clone());
     let mut future = async_def(move || {
+        let _guard = guard;
         *slot_inside.borrow_mut() = Some(getcurrent());
-        let waited = catch(|| awaitlet(std::future::pending::<()>()));
-        *seen_inside.borrow_mut() = Some(*waited.unwrap_err().downcast::<&str>().unwrap());
-        7
+        awaitlet(pending_then(1, 7u8))
     });
     assert!(poll_once(&mut future).is_pending());
     let driven = slot.borrow_mut().take().unwrap();
-    let thrown = driven.throw::<()>("thrown in");
-    assert!(
-        matches!(thrown, Err(SwitchError::WrongType { .. })),
-        "{thrown:?}"
-    );
-    assert!(driven.is_dead());
-    assert_eq!(*seen.borrow(), Some("thrown in"));
+    for (what, resume) in RESUMPTIONS {
+        let refused = catch(|| resume(&driven)).expect_err(what);
+        assert!(
+            text(&*refused).contains(REFUSED),
+            "{what}: {}",
+            text(&*refused)
+        );
+        assert!(driven.is_active() && !driven.is_dead(), "{what}");
+        assert_eq!(
+            dropped.get(),
+            0,
+            "{what}: the function's frames were touched"
+        );
+    }
     assert_eq!(poll_once(&mut future), Poll::Ready(7));
+    assert_eq!(dropped.get(), 1);
+    assert!(driven.is_dead());
+}
 
-    // Uncaught, the thrown panic is the function's outcome: the next poll raises it.
+#[test]
+fn a_value_switched_in_between_polls_is_dropped_with_the_refusal() {
+    let slot: Rc<RefCell<Option<Greenlet>>> = Rc::new(RefCell::new(None));
     let slot_inside = slot.clone();
     let mut future = async_def(move || {
         *slot_inside.borrow_mut() = Some(getcurrent());
-        awaitlet(std::future::pending::<()>())
+        awaitlet(pending_then(1, ()))
     });
     assert!(poll_once(&mut future).is_pending());
     let driven = slot.borrow_mut().take().unwrap();
-    let _ = driven.throw::<()>("uncaught");
-    let raised = catch(|| poll_once(&mut future)).unwrap_err();
-    assert_eq!(*raised.downcast::<&str>().unwrap(), "uncaught");
+    let dropped = Rc::new(Cell::new(0));
+    let sent = Counted(dropped.clone());
+    assert!(catch(|| driven.switch::<Counted, ()>(sent)).is_err());
+    assert_eq!(
+        dropped.get(),
+        1,
+        "the refused value was neither dropped once nor kept"
+    );
+    assert_eq!(poll_once(&mut future), Poll::Ready(()));
+}
+
+#[test]
+fn code_run_by_re_parenting_on_a_poll_cannot_resume_the_function() {
+    // The first poll from a new poller makes it the function's parent; dropping the old parent
+    // link may kill the old parent (here its last reference), running its destructors. One of
+    // them tries to switch into the function, which is refused (no poll is in progress yet);
+    // then the poll goes on as usual.
+    thread_local!(static STASH: RefCell<Option<Greenlet>> = const { RefCell::new(None) });
+    thread_local!(static REFUSALS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) });
+    struct SwitchesIn;
+    impl Drop for SwitchesIn {
+        fn drop(&mut self) {
+            if let Some(driven) = STASH.with(|stash| stash.borrow_mut().take()) {
+                let refused = catch(|| driven.switch::<u32, ()>(1)).unwrap_err();
+                REFUSALS.with(|refusals| refusals.borrow_mut().push(text(&*refused)));
+            }
+        }
+    }
+    type Shared = Rc<RefCell<Option<awaitlet::AsyncDef<'static, u8>>>>;
+    let shared: Shared = Rc::new(RefCell::new(None));
+    let shared_inside = shared.clone();
+    let main = getcurrent();
+    let old_parent = Greenlet::new(move |()| {
+        let _switches_in = SwitchesIn;
+        let mut future = async_def(|| {
+            STASH.with(|stash| *stash.borrow_mut() = Some(getcurrent()));
+            awaitlet(pending_then(2, 9u8))
+        });
+        assert!(poll_once(&mut future).is_pending());
+        *shared_inside.borrow_mut() = Some(future);
+        main.switch::<(), ()>(()).unwrap();
+    });
+    old_parent.switch::<(), ()>(()).unwrap();
+    drop(old_parent);
+    let mut future = shared.borrow_mut().take().unwrap();
+    assert!(poll_once(&mut future).is_pending());
+    let refusals = REFUSALS.with(|refusals| refusals.take());
+    assert_eq!(refusals.len(), 1, "{refusals:?}");
+    assert!(refusals[0].contains(REFUSED), "{refusals:?}");
+    assert_eq!(poll_once(&mut future), Poll::Ready(9));
+}
+
+#[test]
+fn a_leaked_async_def_function_never_runs_again() {
+    // `mem::forget` on an AsyncDef whose function waits: what the function borrowed may be
+    // freed, so it must never run again, whatever holds a handle to its greenlet. Leaks the
+    // greenlet's stack on purpose, hence a child process, where a leak checker is told so.
+    if !is_child("leaked") {
+        check_child_ok(run_child_with_env(
+            "a_leaked_async_def_function_never_runs_again",
+            "leaked",
+            "ASAN_OPTIONS",
+            "detect_leaks=0",
+        ));
+        return;
+    }
+    let slot: Rc<RefCell<Option<Greenlet>>> = Rc::new(RefCell::new(None));
+    let slot_inside = slot.clone();
+    let dropped = Rc::new(Cell::new(0));
+    let borrowed = vec![1u8, 2, 3];
+    {
+        let borrowed = &borrowed;
+        let guard = Counted(dropped.clone());
+        let mut future = async_def(move || {
+            let _guard = guard;
+            *slot_inside.borrow_mut() = Some(getcurrent());
+            awaitlet(std::future::pending::<()>());
+            borrowed.len()
+        });
+        assert!(poll_once(&mut future).is_pending());
+        std::mem::forget(future);
+    }
+    drop(borrowed);
+    let driven = slot.borrow_mut().take().unwrap();
+    for (what, resume) in RESUMPTIONS {
+        assert!(catch(|| resume(&driven)).is_err(), "{what}");
+    }
+    // The leaked AsyncDef still counts as a reference, so dropping this one kills nothing.
+    drop(driven);
+    assert_eq!(dropped.get(), 0, "the leaked function's frames ran");
+    println!("CHILD-OK");
 }
 
 // --- awaitlet where it cannot wait ---------------------------------------------------------------
@@ -885,6 +994,30 @@ fn a_switch_to_the_poller_from_inside_an_awaited_futures_poll_aborts_the_process
     let stderr = child_aborts(
         "a_switch_to_the_poller_from_inside_an_awaited_futures_poll_aborts_the_process",
         "switch-inside-poll",
+    );
+    let lines = library_lines(&stderr);
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(lines[0].contains("inside a future's poll"), "{stderr}");
+}
+
+#[test]
+fn the_function_switching_to_its_poller_from_inside_an_awaited_futures_poll_aborts_the_process() {
+    // The same with `f` itself switching: the poll cannot return while `f` holds its `cx`.
+    if is_child("self-switch-inside-poll") {
+        let mut future = async_def(|| {
+            awaitlet(std::future::poll_fn(|_| {
+                let poller = getcurrent().parent().unwrap();
+                let _ = poller.switch::<u32, ()>(1);
+                Poll::Ready(())
+            }));
+        });
+        let _ = catch(|| poll_once(&mut future));
+        println!("CHILD-SURVIVED");
+        return;
+    }
+    let stderr = child_aborts(
+        "the_function_switching_to_its_poller_from_inside_an_awaited_futures_poll_aborts_the_process",
+        "self-switch-inside-poll",
     );
     let lines = library_lines(&stderr);
     assert_eq!(lines.len(), 1, "{stderr}");

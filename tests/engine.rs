@@ -245,3 +245,25 @@ fn a_backtrace_inside_a_fiber_crosses_into_the_resumers_stack() {
         assert_eq!((resumer, test), (None, None), "{trace}");
     }
 }
+
+#[test]
+fn a_closure_too_large_for_its_stack_is_refused() {
+    // The closure lives at the top of the fiber's stack; one larger than half the stack would
+    // leave no room to run (or, beyond the whole stack, write below it).
+    let stack = Stack::new(awaitlet::stack::MIN_STACK_SIZE).unwrap();
+    let large = [7u8; 100 * 1024];
+    let refused = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        Fiber::new(stack, move |_: &Suspender, value| {
+            value + black_box(&large).len()
+        })
+    }))
+    .err()
+    .expect("a 100 KiB closure on a 64 KiB stack was accepted");
+    let message = refused
+        .downcast_ref::<String>()
+        .expect("a formatted message");
+    assert!(
+        message.contains("102400 bytes") && message.contains("larger stack"),
+        "{message}"
+    );
+}

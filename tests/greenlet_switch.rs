@@ -1,5 +1,5 @@
 //! Switching: starting, passing values, finishing, the walk to a live receiver, and switching
-//! to dead greenlets (reference section A, rules 6-24).
+//! to dead greenlets (greenlet rules 6-24; see the rule map in the `greenlet` module docs).
 
 use std::any::Any;
 use std::cell::{Cell, RefCell};
@@ -931,4 +931,86 @@ fn switched_values_are_moved_exactly_once() {
     assert_eq!(Rc::strong_count(&token), 2);
     drop(same);
     assert_eq!(Rc::strong_count(&token), 1);
+}
+
+// Rule 19's walk past an unstarted parent drops that parent's closure, which runs its
+// destructors in the greenlet whose result is walking up. Until the result is delivered, that
+// greenlet is as alive as any: a destructor may switch away and be switched back to, and the
+// walk then goes on.
+#[test]
+fn a_destructor_run_by_the_walk_of_a_result_may_switch_away_and_back() {
+    thread_local!(static STASH: RefCell<Option<Greenlet>> = const { RefCell::new(None) });
+    struct SwitchesOnDrop(Greenlet, Rc<Cell<u32>>);
+    impl Drop for SwitchesOnDrop {
+        fn drop(&mut self) {
+            STASH.with(|stash| *stash.borrow_mut() = Some(getcurrent()));
+            let back = self.0.switch::<u64, u32>(7).unwrap();
+            self.1.set(back);
+        }
+    }
+    let resumed_with = Rc::new(Cell::new(0));
+    let guard = SwitchesOnDrop(getcurrent(), Rc::clone(&resumed_with));
+    let parent = Greenlet::new(move |x: u64| {
+        let _guard = &guard;
+        x
+    });
+    let g = Greenlet::builder()
+        .parent(&parent)
+        .build(|()| String::from("not a u64"))
+        .unwrap();
+    drop(parent);
+    // g returns a String; its unstarted parent wants a u64 and dies without running; dropping
+    // its closure runs the guard in g, which sends main a u64 where main awaits a u32.
+    match g.switch::<(), u32>(()) {
+        Err(SwitchError::WrongType { value, .. }) => {
+            assert_eq!(*value.downcast::<u64>().unwrap(), 7)
+        }
+        other => panic!("expected the guard's u64, got {other:?}"),
+    }
+    assert!(
+        g.is_active() && !g.is_dead(),
+        "g has not delivered its result yet"
+    );
+    let stashed = STASH.with(|stash| stash.borrow_mut().take()).unwrap();
+    assert_eq!(stashed, g);
+    // Back into the guard; then the walk goes on to main with the String.
+    match stashed.switch::<u32, u32>(2) {
+        Err(SwitchError::WrongType { value, .. }) => {
+            assert_eq!(*value.downcast::<String>().unwrap(), "not a u64");
+        }
+        other => panic!("expected g's String, got {other:?}"),
+    }
+    assert_eq!(resumed_with.get(), 2);
+    assert!(g.is_dead());
+    let probe = Greenlet::new(|()| 3u8);
+    assert_eq!(probe.switch::<(), u8>(()).unwrap(), 3);
+}
+
+// A panic from such a destructor cannot unwind out of a finishing greenlet: it is reported on
+// stderr and discarded, as a kill's is (rule 36), and the result goes on up.
+#[test]
+fn a_destructor_panic_during_the_walk_of_a_result_is_discarded() {
+    struct PanicsOnDrop;
+    impl Drop for PanicsOnDrop {
+        fn drop(&mut self) {
+            panic!("destructor panic");
+        }
+    }
+    let guard = PanicsOnDrop;
+    let parent = Greenlet::new(move |x: u64| {
+        let _guard = &guard;
+        x
+    });
+    let g = Greenlet::builder()
+        .parent(&parent)
+        .build(|()| String::from("not a u64"))
+        .unwrap();
+    drop(parent);
+    match g.switch::<(), u32>(()) {
+        Err(SwitchError::WrongType { value, .. }) => {
+            assert_eq!(*value.downcast::<String>().unwrap(), "not a u64");
+        }
+        other => panic!("expected g's String, got {other:?}"),
+    }
+    assert!(g.is_dead());
 }

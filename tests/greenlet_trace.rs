@@ -1,4 +1,5 @@
-//! The trace hook: rules 64-66 of the reference (section A12). `settrace` is per thread, and
+//! The trace hook: greenlet rules 64-66 (see the rule map in the `greenlet` module
+//! docs). `settrace` is per thread, and
 //! every test runs on its own thread, so hooks do not leak between tests.
 
 mod common;
@@ -455,4 +456,90 @@ fn panicking_hook_on_kill_return_raises_in_the_killer() {
     assert_eq!(text(&*raised), "hook boom on exit");
     assert!(g.is_dead());
     assert!(settrace(None).is_none());
+}
+
+/// Counts its drops, on one thread.
+struct Dropped(Rc<Cell<usize>>);
+
+impl Drop for Dropped {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() + 1);
+    }
+}
+
+// Rule 43 with a hook set: the hook's handle to the abandoned sender is dropped before the
+// receiver decides the sender's fate, so the sender is killed once, and its record and stack
+// are released once (a greenlet made afterwards, which may reuse that stack, runs normally).
+#[test]
+fn an_abandoned_sender_is_killed_once_with_a_hook_set() {
+    let events = Rc::new(Cell::new(0));
+    let events_in = Rc::clone(&events);
+    settrace(Some(Box::new(move |_, _, _| {
+        events_in.set(events_in.get() + 1)
+    })));
+    let unwound = Rc::new(Cell::new(0));
+    let guard = Dropped(Rc::clone(&unwound));
+    let worker_slot: Rc<RefCell<Option<Greenlet>>> = Rc::default();
+    let initiator_slot: Rc<RefCell<Option<Greenlet>>> = Rc::default();
+    let (worker_self, initiator_in) = (Rc::clone(&worker_slot), Rc::clone(&initiator_slot));
+    let worker = Greenlet::new(move |()| {
+        let _guard = guard;
+        let parent = getcurrent().parent().unwrap();
+        let value: i32 = parent.switch(()).unwrap();
+        // Drop every handle to itself, then switch away: abandoned.
+        drop(worker_self.borrow_mut().take());
+        let initiator = initiator_in.borrow_mut().take().unwrap();
+        initiator.set_parent(&parent).unwrap();
+        drop(initiator);
+        parent.switch::<i32, ()>(value).unwrap();
+        unreachable!("an abandoned greenlet is killed, never resumed");
+    });
+    worker.switch::<(), ()>(()).unwrap();
+    *worker_slot.borrow_mut() = Some(worker.clone());
+    let initiator = Greenlet::builder()
+        .parent(&worker)
+        .build(|()| 42i32)
+        .unwrap();
+    drop(worker);
+    *initiator_slot.borrow_mut() = Some(initiator.clone());
+    assert_eq!(initiator.switch::<(), i32>(()).unwrap(), 42);
+    assert_eq!(
+        unwound.get(),
+        1,
+        "the abandoned worker was not killed exactly once"
+    );
+    assert!(events.get() > 0);
+    let probe = Greenlet::new(|()| 1u8);
+    assert_eq!(probe.switch::<(), u8>(()).unwrap(), 1);
+    assert!(probe.is_dead());
+    settrace(None);
+}
+
+// A hook may run any code, including killing the greenlet whose switch it is told about: the
+// receiver still gets the value, and the sender is released once.
+#[test]
+fn a_hook_killing_the_sender_of_a_switch_leaves_the_receiver_sound() {
+    let armed = Rc::new(Cell::new(false));
+    let armed_in = Rc::clone(&armed);
+    settrace(Some(Box::new(move |event, origin, target| {
+        if armed_in.get() && event == Switch && target.is_main() && !origin.is_main() {
+            armed_in.set(false);
+            origin.kill().unwrap();
+        }
+    })));
+    let unwound = Rc::new(Cell::new(0));
+    let guard = Dropped(Rc::clone(&unwound));
+    let main = getcurrent();
+    let g = Greenlet::new(move |()| {
+        let _guard = guard;
+        main.switch::<u32, ()>(1).unwrap();
+    });
+    armed.set(true);
+    assert_eq!(g.switch::<(), u32>(()).unwrap(), 1);
+    assert!(g.is_dead());
+    assert_eq!(unwound.get(), 1);
+    drop(g);
+    let probe = Greenlet::new(|()| 2u8);
+    assert_eq!(probe.switch::<(), u8>(()).unwrap(), 2);
+    settrace(None);
 }

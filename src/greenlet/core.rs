@@ -56,7 +56,7 @@ use std::mem::{ManuallyDrop, MaybeUninit};
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::ptr::NonNull;
 
-use super::driven::Driven;
+use super::driven::{Driven, resumable};
 use super::{Greenlet, GreenletExit, SwitchError, TraceEvent, trace};
 use crate::arch::{self, Context};
 use crate::stack::Stack;
@@ -126,6 +126,12 @@ impl Drop for Record {
     }
 }
 
+#[cold]
+#[inline(never)]
+fn references_overflowed() -> ! {
+    std::process::abort()
+}
+
 /// A counted reference to a [`Record`] (what a [`Greenlet`] handle holds).
 pub(crate) struct RecordRef(NonNull<Record>);
 
@@ -145,11 +151,18 @@ impl RecordRef {
     /// # Safety
     ///
     /// `record` must be live.
+    #[inline]
     pub(crate) unsafe fn increment(record: *const Record) -> RecordRef {
         // SAFETY: the caller guarantees the record is live; the reference counted here is the
         // one returned.
         unsafe {
-            (*record).references.set((*record).references.get() + 1);
+            let count = (*record).references.get();
+            // Only reachable by leaking handles (`mem::forget`) without end; going on would
+            // wrap the count and free a record still in use, so abort, as `Rc` does.
+            if count == usize::MAX {
+                references_overflowed();
+            }
+            (*record).references.set(count + 1);
             RecordRef::from_raw(record)
         }
     }
@@ -339,6 +352,7 @@ fn current_record_slow(current: *const Record) -> *const Record {
 /// # Safety
 ///
 /// `record` must point to a live record (one some reference keeps alive).
+#[inline]
 pub(crate) unsafe fn handle_from_raw(record: *const Record) -> Greenlet {
     // SAFETY: the caller guarantees the record is alive.
     let record = unsafe { RecordRef::increment(record) };
@@ -716,6 +730,9 @@ enum Destination {
     Here,
     /// A suspended or unstarted greenlet, kept alive by the parent chain of the original target.
     There(*const Record),
+    /// A greenlet running an `async_def` function whose `AsyncDef` is neither polling nor
+    /// dropping it: nothing else may resume it (see [`super::driven::resumable`]).
+    Refused,
 }
 
 /// Walks from `target` to the greenlet that actually receives `payload`: dead greenlets pass it
@@ -730,6 +747,7 @@ fn resolve(target: &Greenlet, payload: &mut Payload) -> Destination {
             State::Active if RecordRef::as_ptr(&target.record) == current_record() => {
                 return Destination::Here;
             }
+            _ if !resumable(record) => return Destination::Refused,
             State::Active => return Destination::There(RecordRef::as_ptr(&target.record)),
             State::Dead => {
                 // Throwing GreenletExit into a dead greenlet gives it back as a value (rule 30).
@@ -749,7 +767,18 @@ fn resolve(target: &Greenlet, payload: &mut Payload) -> Destination {
                     .take()
                     .expect("an unstarted greenlet has its closure");
                 // SAFETY: the closure was never started nor moved out.
-                unsafe { (start.drop_closure)(start.closure) };
+                let dropped = catch_unwind(AssertUnwindSafe(|| unsafe {
+                    (start.drop_closure)(start.closure)
+                }));
+                if let Err(panic) = dropped {
+                    // The walk may run in a finishing greenlet, where nothing can unwind, so
+                    // such a panic is reported in every case, as a kill's is (rule 36).
+                    discard_panic(panic);
+                    eprintln!(
+                        "awaitlet: dropping the closure of {target:?}, which died without \
+                         running, panicked; the panic was discarded"
+                    );
+                }
                 let taken = std::mem::replace(payload, Payload::Boxed(Box::new(())));
                 // SAFETY: a value in the payload is still in place (nothing took it yet).
                 *payload = match unsafe { taken.into_boxed_value() } {
@@ -890,8 +919,18 @@ pub(crate) fn transfer_raw<R: 'static>(target: &Greenlet, mut payload: Payload) 
             // frame until the receiver has taken it.
             unsafe { switch_and_receive::<R>(me, receiver, message.word()) }
         }
+        Destination::Refused => {
+            // The value goes back to being dropped here, as if never sent.
+            // SAFETY: nothing has touched the payload's value.
+            drop(unsafe { payload.into_boxed_value() });
+            panic!("{REFUSED}")
+        }
     }
 }
+
+/// Why a switch, throw or kill was refused (see [`Destination::Refused`]).
+const REFUSED: &str = "awaitlet: a greenlet running an async_def function can only be resumed by \
+                       its AsyncDef (polling or dropping it), and it is doing neither";
 
 /// Switches from `me` to `receiver` with `word`, then receives what comes back.
 ///
@@ -982,7 +1021,7 @@ unsafe fn receive<R: 'static>(
     }
 }
 
-/// The bookkeeping after `me` took what `origin` sent: the trace hook, then the sender's fate.
+/// The bookkeeping after `me` took what `origin` sent: the trace hook, and the sender's fate.
 /// A trace hook's panic replaces what was received (rule 66); it is handed back, never raised
 /// here: in a greenlet's entry function, unwinding would cross `extern "C"`.
 #[inline(always)]
@@ -992,7 +1031,9 @@ fn settle<R>(
     origin: *const Record,
     me: *const Record,
 ) -> Received<R> {
-    let traced = trace::call(event, origin, me);
+    if trace::is_set() {
+        return settle_traced(received, event, origin, me);
+    }
     if origin != me {
         // SAFETY: the sender is alive: a finished one by the self-reference it handed over, a
         // suspended one by its own.
@@ -1004,6 +1045,35 @@ fn settle<R>(
             }
         }
     }
+    received
+}
+
+/// [`settle`] with a trace hook set. The hook may run any code, including dropping or killing
+/// the sender, so the sender's state is read before it runs, and a handle keeps the sender
+/// alive across it: a finished sender's self-reference, adopted, or a new handle to a suspended
+/// one, whose drop after the hook kills it if it is abandoned (rule 43), as
+/// [`kill_if_abandoned`] does when no hook is set.
+#[cold]
+#[inline(never)]
+fn settle_traced<R>(
+    received: Received<R>,
+    event: TraceEvent,
+    origin: *const Record,
+    me: *const Record,
+) -> Received<R> {
+    // SAFETY: the sender is alive, as in `settle`; a finished one handed over its
+    // self-reference, which the handle made here takes over.
+    let sender = (origin != me).then(|| unsafe {
+        if (*origin).state.get() == State::Dead {
+            Greenlet {
+                record: RecordRef::from_raw(origin),
+            }
+        } else {
+            handle_from_raw(origin)
+        }
+    });
+    let traced = trace::call(event, origin, me);
+    drop(sender);
     match traced {
         Ok(()) => received,
         Err(panic) => {
@@ -1190,12 +1260,16 @@ pub(super) unsafe fn refuse_start(start: Start, panic: Box<dyn Any + Send>) -> B
     panic
 }
 
-/// The end of a greenlet, in its entry function: it is dead, and `outcome` goes to its parent
-/// with the final switch away from its stack.
+/// The end of a greenlet, in its entry function: `outcome` goes to its parent with the final
+/// switch away from its stack.
+///
+/// The greenlet is marked dead only right before that switch: finding the receiver may run
+/// code (the closures of unstarted greenlets dropped on the way), which may switch away and
+/// back, and until the receiver is found the greenlet is as alive as any. A dead sender has
+/// handed over its self-reference (see `settle`), which is true only of this last switch.
 #[inline]
 pub(super) fn finish<B: 'static>(me: Greenlet, outcome: std::thread::Result<B>) -> ! {
     let me_pointer = RecordRef::as_ptr(&me.record);
-    me.record.mark_dead();
     // The parent as a handle, for the walk to a receiver that may run code (closures of
     // unstarted greenlets dropped on the way); the fast path needs only its address.
     let parent = || {
@@ -1237,6 +1311,7 @@ pub(super) fn finish<B: 'static>(me: Greenlet, outcome: std::thread::Result<B>) 
         }
         Err(panic) => deliver_from_finished(&parent(), Payload::Panic(panic), &mut message),
     };
+    me.record.mark_dead();
     // SAFETY: see `final_switch`; what `word` points at stays in this frame, which is never
     // unwound, until the receiver has taken it.
     unsafe { final_switch(me, word, receiver) }
@@ -1277,6 +1352,15 @@ fn deliver_from_finished(
     let receiver = match resolve(parent, &mut payload) {
         Destination::There(receiver) => receiver,
         Destination::Here => unreachable!("a finished greenlet is not running"),
+        Destination::Refused => {
+            // Nothing can unwind here, and the payload has nowhere else to go.
+            eprintln!(
+                "awaitlet: a greenlet finished while its result's receiver was a greenlet \
+                 running an async_def function that its AsyncDef was not polling; {REFUSED}. \
+                 Aborting"
+            );
+            std::process::abort()
+        }
     };
     (message.insert(Message::new(payload)).word(), receiver)
 }

@@ -142,6 +142,22 @@ impl Driven {
     }
 }
 
+/// False for a driven greenlet, started or not, that its `AsyncDef` is neither polling nor
+/// dropping: a switch, throw or kill from anywhere else is refused, since `f` may borrow what
+/// the `AsyncDef`'s owner has since freed (after `mem::forget`, say), and a handle to the
+/// greenlet (`getcurrent()` inside `f`, a trace hook's) outlives those borrows. True for every
+/// other greenlet, and for a dead driven one (its frames are gone).
+pub(super) fn resumable(record: &Record) -> bool {
+    match &record.driven {
+        None => true,
+        Some(driven) => {
+            record.state.get() == State::Dead
+                || !driven.poller.get().is_null()
+                || driven.cancelled.get()
+        }
+    }
+}
+
 /// The bridge state of a driven greenlet's record.
 #[inline(always)]
 fn driven_state(record: &Record) -> &Driven {
@@ -265,8 +281,25 @@ impl<'a, R> DrivenGreenlet<'a, R> {
     fn prepare(&self, me: *const Record) -> Option<Poll<R>> {
         let record = &*self.record;
         let driven = driven_state(record);
+        // Dropping the old parent below may run code (kill it, say), which may change this
+        // greenlet's state: the checks run again after it.
+        loop {
+            if let Some(ready) = self.prepare_once(me, record, driven) {
+                return ready;
+            }
+        }
+    }
+
+    /// One round of [`Self::prepare`]: `Some` once the poll may go on (`Some(None)`) or is
+    /// answered (`Some(Some(_))`), `None` after a re-parenting that ran code.
+    fn prepare_once(
+        &self,
+        me: *const Record,
+        record: &Record,
+        driven: &Driven,
+    ) -> Option<Option<Poll<R>>> {
         if record.state.get() == State::Dead {
-            return Some(self.take_outcome());
+            return Some(Some(self.take_outcome()));
         }
         assert!(
             RecordRef::as_ptr(&self.record) != me && driven.poller.get().is_null(),
@@ -291,10 +324,11 @@ impl<'a, R> DrivenGreenlet<'a, R> {
             }
             // Rule 79: the greenlet's parent is the one driving it.
             let previous = record.parent.replace(Some(poller));
-            drop(previous);
             driven.parented.set(me);
+            drop(previous);
+            return None;
         }
-        None
+        Some(None)
     }
 
     /// The poller is back by some other way than a plain suspension: a trace hook, `f`
@@ -308,7 +342,14 @@ impl<'a, R> DrivenGreenlet<'a, R> {
         cx_in_use: bool,
     ) -> Poll<R> {
         let target = RecordRef::as_ptr(&self.record);
-        if origin != target && cx_in_use {
+        let record = &*self.record;
+        if record.state.get() == State::Active && !driven_state(record).parked.get() {
+            // `f` is suspended in a greenlet switch outside `awaitlet`, which no poll resumes
+            // (see `prepare`) and nothing else may: take its key off the fast path of any
+            // switch (the others refuse it, see `resumable`).
+            record.awaiting.set(ptr::null());
+        }
+        if cx_in_use {
             eprintln!(
                 "awaitlet: a greenlet switch resumed the greenlet polling an AsyncDef while \
                  the AsyncDef's function was inside a future's poll, holding that poll's \
