@@ -45,7 +45,11 @@
 //! Nothing is boxed and no waker is wrapped: an `awaitlet` allocates nothing, and neither does
 //! an `async_def` once the thread's stack pool is warm (`f` and its result live on the
 //! greenlet's stack). The greenlet is an ordinary [`Greenlet`](crate::Greenlet): inside `f`,
-//! [`getcurrent`](crate::getcurrent) names it and its parent is the greenlet polling it.
+//! [`getcurrent`](crate::getcurrent) names it and its parent is the greenlet polling it. One
+//! thing sets it apart: only its `AsyncDef` resumes it. Between polls, `f` may borrow what the
+//! `AsyncDef`'s owner has since freed (an `AsyncDef` may be leaked with `mem::forget`), so a
+//! switch, throw or kill into it from anywhere else (through a handle `getcurrent()` gave out
+//! inside `f`, or a trace hook's) panics and changes nothing.
 //!
 //! # Panics
 //!
@@ -101,11 +105,72 @@
 //! - Nested `async_def` (rule 93) works to any depth, but the inner greenlet's parent is the
 //!   outer function's greenlet, which polls it, not the thread's driver.
 //! - Cancellation is dropping the future; see above for a function that catches it.
-//! - A greenlet switch from inside `f` to the greenlet polling the `AsyncDef` is not awaited
-//!   as Python does (rule 83): it makes that poll panic (there is no value to await).
+//! - A greenlet switch to the greenlet polling the `AsyncDef`, from `f` itself or from a
+//!   greenlet it started, is not awaited as Python does (rules 82-83): it makes that poll panic
+//!   (there is no value to await), or aborts the process if `f` is inside a future's poll.
+//! - Between polls, only the `AsyncDef` may resume `f`'s greenlet (see above); Python lets any
+//!   greenlet switch into it.
+//! - `assert_await_occurs` counts only real suspensions: an `awaitlet` whose future is ready
+//!   at once is no wait (Python counts every `awaitlet` call, rule 82).
 //! - Python's contextvars (rule 95) have no single Rust equivalent; thread-locals, tokio's
 //!   task-locals and `tracing`'s current span are all visible inside `f`, since it runs inside
 //!   the poll, on the poller's thread.
+//!
+//! # Rule map
+//!
+//! Python's awaitlet (0.0.1) behaves by the numbered rules below (68-95, continuing the
+//! greenlet's, which [`crate::greenlet`] maps), each observed on the real thing; every row says what its rules cover, how they map to this
+//! crate, and the tests that check them (files under `tests/`; a doctest is named by the item it
+//! documents). Where Rust's model forces a difference, the row says so.
+//!
+//! | Rules | In Rust | Checked by |
+//! |---|---|---|
+//! | 68 (module surface, `__version__`, helper submodules) | the crate root re-exports [`async_def`], [`awaitlet`], [`NoAwaitletContext`] and [`NoAwaitOccurred`], with [`AsyncDef`], [`AssertAwaitOccurs`], [`Cancelled`], [`try_awaitlet`] and [`in_async_def`]; the version is the crate's; the typing and testing helpers have no counterpart | — |
+//! | 69-70 | [`async_def`]`(f)` takes a closure `f: FnOnce() -> R` and returns an [`AsyncDef`], a future of `R`; the keyword argument is the method [`AsyncDef::assert_await_occurs`]. [`awaitlet`]`(fut)` takes any [`IntoFuture`] and returns its output | doctests on [`async_def`], [`awaitlet`], [`AsyncDef::assert_await_occurs`] |
+//! | 71 | [`NoAwaitletContext`] and [`NoAwaitOccurred`]: unit structs implementing `std::error::Error`, with Python's messages. [`awaitlet`] panics with [`NoAwaitletContext`]'s message (the payload is the message) and [`try_awaitlet`] returns the struct; [`NoAwaitOccurred`] is the `Err` of an [`AssertAwaitOccurs`] | `bridge::awaitlet_outside_async_def_panics_with_pythons_message`, `assert_await_occurs_fails_only_when_the_function_never_waited`; `io::futures_io_adapters::outside_async_def_every_call_is_an_error_wrapping_no_awaitlet_context` |
+//! | 72 | not exported by Python: no counterpart. A cancellation is told by its payload type (`payload.is::<Cancelled>()`), and `f` runs on an ordinary [`Greenlet`](crate::Greenlet) (rule 79) | — |
+//! | 73 | where no `async_def` function is running, [`awaitlet`] panics with [`NoAwaitletContext`]'s message, [`try_awaitlet`] returns it and [`in_async_def`] is false: on main, on a thread that never made a greenlet, in a plain greenlet started by `f`, and inside a future that `awaitlet` is polling (that code runs for the poller: `awaitlet` calls do not nest) | `bridge::awaitlet_outside_async_def_panics_with_pythons_message`, `awaitlet_in_a_plain_greenlet_started_by_the_function_has_no_context`, `awaitlet_inside_a_future_that_awaitlet_polls_has_no_context`; `bridge_misuse::awaitlet_in_a_greenlet_the_function_started_panics_there_and_the_function_goes_on`, `awaitlet_inside_a_future_that_awaitlet_polls_panics_there_and_the_function_goes_on`, `awaitlet_on_a_thread_that_never_made_a_greenlet_panics_cleanly` |
+//! | 74 | the future, moved into the call, is dropped unpolled, whatever its type (Python closes a coroutine and leaves other awaitables alone; dropping is Rust's way of disposing of any future) | `bridge::awaitlet_outside_async_def_drops_the_future_unpolled`; `bridge_misuse::awaitlet_in_a_greenlet_the_function_started_panics_there_and_the_function_goes_on` |
+//! | 75 | `awaitlet(fut)` is `fut.await` in the [`AsyncDef`]'s task: `fut` is polled with the executor's `Context` and its output returned as is (moved, of any type). A future ready at once returns with no switch and no `Pending`; each `Pending` of `fut` is one `Pending` of the [`AsyncDef`], where other tasks run | `bridge::a_ready_future_returns_without_suspending`, `each_pending_poll_of_the_awaited_future_is_one_pending_poll_of_the_async_def` |
+//! | 76 | cannot happen: the argument must implement [`IntoFuture`] (the bound on [`awaitlet`] and [`try_awaitlet`]), so `awaitlet(5)` does not compile | doctest on [`awaitlet`] (compile_fail) |
+//! | 77 | any [`IntoFuture`]: `async` blocks and `async fn` calls, hand-written futures, a spawned task's `JoinHandle`, another [`AsyncDef`] (nesting, rule 93) | `bridge::a_ready_future_returns_without_suspending`, `nested_async_defs_work_to_any_depth`; `bridge_executors::a_local_set_in_a_multi_thread_runtime_runs_async_defs_that_await_tasks_on_the_workers` |
+//! | 78 | [`async_def`] only builds the [`AsyncDef`]; `f` starts at its first poll and runs synchronously up to its first pending wait. One dropped before its first poll never runs `f` (the closure and its captures are dropped) | `bridge::the_function_starts_at_the_first_poll_and_runs_up_to_its_first_wait`; `bridge_cancel::an_async_def_dropped_before_its_first_poll_never_runs_its_function` |
+//! | 79 | each [`async_def`] runs `f` on a new [`Greenlet`](crate::Greenlet), which [`getcurrent`](crate::getcurrent) names inside `f`; its parent is the greenlet polling the [`AsyncDef`] (the executor's, normally main) | `bridge::the_function_runs_in_a_new_greenlet_whose_parent_is_the_poller`; `bridge_misuse::a_greenlet_keeping_a_suspended_async_def_it_polled_must_be_killed_explicitly` |
+//! | 80 | no argument list and no kwargs: `f` is a closure, and its captures (moved or borrowed: `f` need not be `'static`) are its arguments | `bridge::the_function_may_borrow_mutably_from_the_caller` |
+//! | 81 | the [`AsyncDef`]'s output is `f`'s value as is, even when it is a future (nothing awaits it) | `bridge::the_return_value_comes_back_verbatim_even_when_it_is_a_future` |
+//! | 82 | [`AsyncDef::assert_await_occurs`] gives an [`AssertAwaitOccurs`], whose output is `Err(NoAwaitOccurred)` when `f` returned without ever suspending (its side effects done); a panic in `f` takes precedence. Only a real suspension counts: an `awaitlet` whose future is ready at once is no wait (Python counts every `awaitlet` call), and a manual switch to the poller is refused (rule 83) | `bridge::assert_await_occurs_fails_only_when_the_function_never_waited`, `assert_await_occurs_lets_a_panic_take_precedence`; doctest on [`AsyncDef::assert_await_occurs`] |
+//! | 83 | only `f`'s own greenlet resumes a poll, and only the [`AsyncDef`] resumes `f`'s greenlet: between polls, a switch, throw or kill into it panics and changes nothing (`f` may borrow what the [`AsyncDef`]'s owner has since freed, after a `mem::forget`, say; a value sent is dropped). Within a poll, `f`'s greenlet is an ordinary greenlet. A greenlet switch into the poller from another greenlet (a child of `f`, say) is not awaited as in Python: that poll panics, and so do later ones while `f` is stuck outside `awaitlet`; dropping the [`AsyncDef`] still unwinds `f`. Made while `f` is inside an awaited future's poll, the switch aborts the process. Polling the [`AsyncDef`] from a greenlet that `f` started panics | `bridge_misuse::a_child_greenlet_switching_to_the_poller_makes_the_poll_panic_and_the_drop_still_unwinds`, `a_switch_to_the_poller_from_inside_an_awaited_futures_poll_aborts_the_process`, `polling_an_async_def_from_a_greenlet_its_own_function_started_panics`, `switches_throws_and_kills_into_a_function_between_polls_are_refused`, `a_value_switched_in_between_polls_is_dropped_with_the_refusal`, `a_leaked_async_def_function_never_runs_again`, `code_run_by_re_parenting_on_a_poll_cannot_resume_the_function`, `the_function_switching_to_its_poller_from_inside_an_awaited_futures_poll_aborts_the_process` |
+//! | 84 | a panic in `f`, before or after a wait, comes out of the [`AsyncDef`]'s poll (so out of `.await` on it) with the same payload, of any type, [`Cancelled`] included; later polls panic ("polled after it completed") | `bridge::a_panic_in_the_function_propagates_out_of_the_async_def_unchanged`; `bridge_misuse::a_payload_panicking_on_drop_passes_out_of_async_def_and_greenlets_undropped`, `a_function_raising_cancelled_by_hand_is_an_ordinary_panic_of_the_async_def`, `polling_a_finished_async_def_panics_every_time_however_it_finished` |
+//! | 85 | a panic in the awaited future's poll happens on `f`'s stack, at the `awaitlet` call: `f` may catch it (`catch_unwind`) and wait again; uncaught, it leaves the [`AsyncDef`] with the same payload. A backtrace stands for the traceback | `bridge::a_panic_in_the_awaited_future_surfaces_at_the_awaitlet_call_and_can_be_caught`, `an_uncaught_panic_from_the_awaited_future_leaves_the_async_def`; `bridge_misuse::a_payload_panicking_on_drop_passes_out_of_async_def_and_greenlets_undropped` |
+//! | 86 | exception chaining: no counterpart (a panic has no cause; an error's `source()` is its own type's business) | — |
+//! | 87 | cancelling is dropping the [`AsyncDef`] (a task abort, a losing `select!` branch, a plain `drop`): [`Cancelled`], which carries no message, is raised in `f` at its `awaitlet` call, and `f`'s stack unwinds (destructors innermost first, the in-flight future dropped) before `drop` returns; uncaught, the task ends cancelled | `bridge_cancel::the_cancelled_function_sees_cancelled_at_its_awaitlet_call`, `dropping_a_waiting_async_def_unwinds_its_stack_before_drop_returns`, `tokio_task_abort_cancels_the_waiting_function`, `tokio_select_cancels_the_losing_async_def`; doctest on [`Cancelled`] |
+//! | 88 | `f` may catch [`Cancelled`], but the future is gone and so is the code awaiting it: a value `f` then returns is dropped (Python completes the task with it). A later `awaitlet` polls its future once with a waker that does nothing: ready, it gives the value, so cleanup in a destructor (Python's `finally`) still runs; pending, it raises [`Cancelled`] again (Python lets the new wait proceed), and [`try_awaitlet`] returns `Err(NoAwaitletContext)` instead. See [Cancellation](self#cancellation) | `bridge_cancel::a_function_that_swallows_cancelled_and_returns_has_its_value_dropped`, `after_cancellation_awaitlet_raises_cancelled_again_unless_the_future_is_ready_at_once`, `destructors_running_during_cancellation_can_finish_ready_cleanup`; `bridge_misuse::awaitlet_after_a_tokio_timeout_cancelled_the_function_refuses_to_wait_on_anything_pending`, `an_async_def_dropped_during_unwinding_can_wait_again_and_see_cancelled`; `io::futures_io_adapters::buffered_writer_dropped_by_cancellation_does_not_abort` |
+//! | 89 | a future that itself panics with [`Cancelled`] is an ordinary panic (rule 85): raised at the `awaitlet` call and, uncaught, out of the [`AsyncDef`] | `bridge::a_future_panicking_with_cancelled_is_an_ordinary_panic_at_the_awaitlet_call`; `bridge_misuse::a_function_raising_cancelled_by_hand_is_an_ordinary_panic_of_the_async_def` (raised by `f` itself) |
+//! | 90 | a timeout around the [`AsyncDef`] (`tokio::time::timeout`) drops it when it elapses: `f` sees [`Cancelled`], the caller gets the timeout's error. A timeout around the awaited future is that future's own output: `awaitlet` returns its `Err` (or whatever the timeout yields) to `f` | `bridge_cancel::tokio_timeout_cancels_the_waiting_function`; `bridge_misuse::awaitlet_after_a_tokio_timeout_cancelled_the_function_refuses_to_wait_on_anything_pending`; `bridge_storm::tokio_cancellation_storm_drops_every_guard_once_and_returns_every_stack`, `smol_cancellation_storm_drops_every_guard_once_and_returns_every_stack` |
+//! | 91 | whatever drops a pending [`AsyncDef`] cancels it as above: Python's `close()` is `drop`, and [`AsyncDef`]s left in locals and thread-locals when their thread exits see [`Cancelled`] once. A function that catches it and waits again gets [`Cancelled`] again; one that switches elsewhere is cancelled again when control comes back; `drop` neither returns while `f`'s frames exist nor panics (a panic `f` ends with is discarded), where Python's `close()` raises `RuntimeError` | `thread_stress::threads_run_their_own_greenlets_and_bridges_and_exit_with_them_suspended`; `bridge_cancel::after_cancellation_awaitlet_raises_cancelled_again_unless_the_future_is_ready_at_once`, `a_function_that_switches_away_while_cancelled_is_cancelled_again_when_control_returns`; `bridge_misuse::a_panic_after_the_function_caught_cancelled_is_discarded_by_the_drop` |
+//! | 92 | [`AsyncDef`]s joined in one task or spawned as local tasks interleave exactly as plain futures do at their real suspension points: round-robin at yields, a token passed around a ring, all suspended at once at a barrier; a wake from another thread resumes them | `bridge_executors::tokio_current_thread_yields_interleave_async_defs_round_robin`, `tokio_local_set_tasks_take_turns_at_yields`, `smol_yields_interleave_joined_async_defs_round_robin`, `async_std_yields_interleave_joined_async_defs_round_robin`, `futures_block_on_yields_interleave_joined_async_defs_round_robin`, `futures_local_pool_tasks_take_turns_at_yields`, `pollster_yields_interleave_joined_async_defs_round_robin`, `pollster_passes_a_token_around_a_ring_of_joined_async_defs`, `tokio_current_thread_async_defs_meet_at_a_barrier_then_sleep`, `futures_block_on_resumes_async_defs_woken_from_another_thread`; `bridge_storm::tokio_cancellation_storm_drops_every_guard_once_and_returns_every_stack`, `smol_cancellation_storm_drops_every_guard_once_and_returns_every_stack` |
+//! | 93 | `awaitlet(async_def(inner))` nests to any depth, and dropping the outer one cancels innermost first. Unlike Python, the inner greenlet's parent is the outer `f`'s greenlet, which polls it, not the executor's; plain calls inside `f` share its greenlet | `bridge::nested_async_defs_work_to_any_depth`; `bridge_cancel::nested_async_defs_are_cancelled_innermost_first` |
+//! | 94 | any thread that runs an executor; [`AsyncDef`] is `!Send` and `!Sync`, so it stays on the thread that made it: from a multi-threaded runtime, use a `LocalSet`, `spawn_blocking` with a current-thread runtime, or a thread of its own (see [Threads and executors](self#threads-and-executors)) | `bridge_executors::async_def_futures_are_not_send_while_the_values_they_carry_may_be`, `a_local_set_in_a_multi_thread_runtime_runs_async_defs_that_await_tasks_on_the_workers`, `spawn_blocking_runs_async_defs_on_its_own_current_thread_runtime_for_a_multi_thread_caller`, `a_std_thread_runs_async_defs_with_futures_block_on_for_a_multi_thread_caller`, `a_local_set_per_worker_thread_serves_requests_from_a_multi_thread_runtime`; `thread_stress::threads_run_their_own_greenlets_and_bridges_and_exit_with_them_suspended`; doctest on [`AsyncDef`] (compile_fail) |
+//! | 95 | contextvars have no single counterpart. `f` runs inside the executor's poll, on the poller's thread, so what the task set is visible in `f` across waits: thread-locals, tokio task-locals, the current `tracing` span (a span `f` enters is its child); separate tasks keep their own values, and a task-local scope awaited inside `f` shadows the outer value until it ends. A task-local is set only by a scope, so a value `f` leaves for the task goes in a thread-local or a shared cell | `bridge_executors::a_task_local_set_by_the_outer_task_is_visible_in_the_sync_code_across_waits`, `a_task_local_scope_awaited_inside_the_sync_code_shadows_the_outer_one_until_it_ends`, `the_span_entered_by_the_outer_task_is_current_in_the_sync_code_across_waits` |
+//!
+//! SQLAlchemy's variants (rules 96-102) need no rows of their own. `greenlet_spawn` with
+//! `_require_await=True` is [`async_def`] with [`AsyncDef::assert_await_occurs`] (96),
+//! `await_only` (`await_` in 2.1) is [`awaitlet`], disposing of the refused future as 2.0 does (97,
+//! 101), and `in_greenlet()` is [`in_async_def`] (99). SQLAlchemy's exception classes, messages and
+//! error codes are its own. `await_fallback` (98) has no counterpart: the crate knows no event loop
+//! to fall back on, so outside `async_def` [`awaitlet`] panics and [`try_awaitlet`] returns the
+//! error, and a caller that wants a fallback calls an executor's `block_on` itself.
+//! `AsyncAdaptedLock` and the exception classifiers (100) are SQLAlchemy internals (here a
+//! cancellation is recognised by its [`Cancelled`] payload); the lazy import (101) is packaging;
+//! and with a single bridge there is no marker to share (102).
+//!
+//! Rules with no test, or with a part that no test checks:
+//!
+//! - 68, 72, 86: no counterpart, nothing to test.
+//! - 91: no test drops an executor (a runtime or `LocalSet` at shutdown) with an [`AsyncDef`] task
+//!   still pending; the cited test covers [`AsyncDef`]s held in locals and thread-locals at thread
+//!   exit.
+//! - 95: no test has `f` leave a value for the task to read after the [`AsyncDef`] finishes.
 
 use std::fmt;
 use std::future::{Future, IntoFuture};
@@ -256,6 +321,12 @@ impl<R> Future for AssertAwaitOccurs<'_, R> {
 /// let n = pollster::block_on(async_def(|| parse_number(|| awaitlet(async { " 42\n".to_string() }))));
 /// assert_eq!(n, 42);
 /// ```
+///
+/// Only what can be awaited can be passed (Python's `awaitlet(5)` fails when it runs, rule 76):
+///
+/// ```compile_fail
+/// let n: i32 = awaitlet::awaitlet(5);
+/// ```
 #[track_caller]
 #[inline]
 pub fn awaitlet<F: IntoFuture>(fut: F) -> F::Output {
@@ -274,8 +345,10 @@ fn not_awaited_panic(not_awaited: NotAwaited) -> ! {
     }
 }
 
-/// [`awaitlet`], returning [`NoAwaitletContext`] instead of panicking outside [`async_def`]
-/// (the future is dropped unpolled then).
+/// [`awaitlet`], returning [`NoAwaitletContext`] instead of panicking where it cannot wait:
+/// outside [`async_def`] (the future is dropped unpolled), and in a function whose `AsyncDef`
+/// was dropped (see [Cancellation](self#cancellation)), where the future is polled once and
+/// dropped if it is pending, instead of [`Cancelled`] being raised.
 ///
 /// ```
 /// use awaitlet::{NoAwaitletContext, try_awaitlet};
@@ -290,8 +363,9 @@ pub fn try_awaitlet<F: IntoFuture>(fut: F) -> Result<F::Output, NoAwaitletContex
 }
 
 /// True when running inside [`async_def`]'s function (or code it calls), where
-/// [`awaitlet`] works; false elsewhere, including inside a future that `awaitlet` itself is
-/// polling (rule 73: that code runs on behalf of the poller).
+/// [`awaitlet`] works (once the `AsyncDef` is dropped, only on futures ready at once: see
+/// [Cancellation](self#cancellation)); false elsewhere, including inside a future that
+/// `awaitlet` itself is polling (rule 73: that code runs on behalf of the poller).
 ///
 /// ```
 /// assert!(!awaitlet::in_async_def());

@@ -1,6 +1,6 @@
-//! The bridge's semantics, rule by rule (section B of the behavioural reference): what
-//! `async_def` runs and returns, what `awaitlet` waits for, panics both ways, nesting, and the
-//! greenlet underneath. Driven by hand with a no-op waker, so every suspension is visible.
+//! The bridge's semantics, rule by rule (awaitlet rules 68-95, mapped in the `bridge` module
+//! docs): what `async_def` runs and returns, what `awaitlet` waits for, panics both ways,
+//! nesting, and the greenlet underneath. Driven by hand with a no-op waker, so every suspension is visible.
 
 mod common;
 
@@ -222,6 +222,11 @@ fn awaitlet_inside_a_future_that_awaitlet_polls_has_no_context() {
     // Rule 73: "awaitlet calls cannot be nested".
     let (result, _) = drive(async_def(|| awaitlet(async { try_awaitlet(async { 1 }) })));
     assert_eq!(result, Err(NoAwaitletContext));
+    let (inside, _) = drive(async_def(|| {
+        let outer = in_async_def();
+        (outer, awaitlet(async { in_async_def() }))
+    }));
+    assert_eq!(inside, (true, false));
 }
 
 #[test]
@@ -232,7 +237,12 @@ fn nested_async_defs_work_to_any_depth() {
         let below = if depth == 0 {
             0
         } else {
-            awaitlet(async_def(move || level(depth - 1)))
+            let outer = getcurrent();
+            awaitlet(async_def(move || {
+                // The inner greenlet's parent is the outer function's, which polls it.
+                assert_eq!(getcurrent().parent(), Some(outer));
+                level(depth - 1)
+            }))
         };
         awaitlet(pending_then(1, ()));
         below + depth
@@ -331,4 +341,30 @@ fn the_trace_hook_sees_every_switch_between_the_poller_and_the_function() {
             (switch, false, true)
         ]
     );
+}
+
+#[test]
+fn a_future_panicking_with_cancelled_is_an_ordinary_panic_at_the_awaitlet_call() {
+    // Rule 89: a `Cancelled` raised by the awaited future is the future's panic, not a
+    // cancellation of the function: it surfaces at the `awaitlet` call, where the function may
+    // catch it and wait again; uncaught, it leaves the AsyncDef.
+    let (outcome, pending) = drive(async_def(|| {
+        let caught = catch(|| {
+            awaitlet(async {
+                pending_then(1, ()).await;
+                std::panic::resume_unwind(Box::new(awaitlet::Cancelled))
+            })
+        });
+        let was_cancelled = caught.unwrap_err().is::<awaitlet::Cancelled>();
+        awaitlet(pending_then(1, ()));
+        was_cancelled
+    }));
+    assert!(outcome);
+    assert_eq!(pending, 2);
+    let escaped = catch(|| {
+        drive(async_def(|| {
+            awaitlet(async { std::panic::resume_unwind(Box::new(awaitlet::Cancelled)) })
+        }))
+    });
+    assert!(escaped.unwrap_err().is::<awaitlet::Cancelled>());
 }
