@@ -8,7 +8,7 @@
 //!   future pending once), poll it again (it finishes), drop it.
 //! - `tokio_*_yield_now`: one `tokio::task::yield_now()` on a current-thread runtime.
 //!
-//! Targets: `awaitlet_pending_rt` <= 6 ns; `tokio_awaitlet_yield_now` <= 1.10 x
+//! Goals: `awaitlet_pending_rt` <= 6 ns; `tokio_awaitlet_yield_now` <= 1.10 x
 //! `tokio_native_yield_now`; `awaitlet_spawn_await1` <= 1.3 x `native_spawn_await1`; ahead of
 //! `stackful` on every row.
 

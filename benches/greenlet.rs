@@ -6,7 +6,7 @@
 //! - `create_start_finish`: a greenlet's whole life on a warm stack pool: create it, switch in
 //!   (it returns at once), drop the handle.
 //!
-//! Targets: `switch_unit` <= 1.5 x `corosensei_resume_yield`; `create_start_finish` <= 40 ns.
+//! Goals: `switch_unit` <= 1.5 x `corosensei_resume_yield`; `create_start_finish` <= 40 ns.
 
 use std::hint::black_box;
 

@@ -11,7 +11,7 @@
 //! - `corosensei`: `corosensei::Coroutine` on a `DefaultStack`.
 //! - `context`: the `context` crate (Boost.Context's `jump_fcontext`).
 //!
-//! Targets, within the same run: `awaitlet` <= 1.05 x `corosensei` and <= 0.35 x `context`.
+//! Goals, within the same run: `awaitlet` <= 1.05 x `corosensei` and <= 0.35 x `context`.
 //!
 //! # `stack`
 //!

@@ -1,4 +1,5 @@
-//! GreenletExit and kill on drop: rules 32-39 and 43 of the reference (section A7), `kill()`,
+//! GreenletExit and kill on drop: greenlet rules 32-39 and 43 (see the rule map in the `greenlet`
+//! module docs), `kill()`,
 //! destructor order, stacks going back to the pool, and panics in destructors during a kill.
 //!
 //! Rust mapping: dropping the last handle to a started, suspended, non-main greenlet throws

@@ -4,8 +4,8 @@
 //! - `random_programs_agree_with_the_model` runs `AWAITLET_MODEL_PROGRAMS` random programs
 //!   (2,000 by default; `AWAITLET_MODEL_SEED` changes the base seed). On a disagreement it
 //!   prints the seed, the shrunk program, both traces and the first event that differs.
-//! - Programs with hand-written traces check the model itself against the rules (section A of
-//!   the behavioural reference), and the crate against the model.
+//! - Programs with hand-written traces check the model itself against the rules (greenlet rules
+//!   1-67, mapped in the `greenlet` module docs), and the crate against the model.
 //! - `tests/model/regressions.txt` keeps programs found by random runs, one test each; fixed
 //!   seeds whose programs take the model's rarest paths have a test each too.
 //! - Replacing a parent releases the old one after storing the new one: a kill that release

@@ -1,5 +1,5 @@
 //! The parent attribute: ownership of parents, cycle detection, main's parent, and
-//! reparenting (reference section A, rules 42 and 44-49).
+//! reparenting (greenlet rules 42 and 44-49; see the rule map in the `greenlet` module docs).
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;

@@ -1,5 +1,5 @@
 //! State: the lifecycle flags, getcurrent(), identity, Debug, and per-thread main greenlets
-//! (reference section A, rules 50-51 and 55-56).
+//! (greenlet rules 50-51 and 55-56; see the rule map in the `greenlet` module docs).
 
 use std::any::Any;
 use std::cell::RefCell;

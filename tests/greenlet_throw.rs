@@ -1,4 +1,5 @@
-//! `throw`: rules 25 and 27-31 of the reference (section A6), as mapped to Rust: an exception is
+//! `throw`: greenlet rules 25 and 27-31 (see the rule map in the `greenlet`
+//! module docs), as mapped to Rust: an exception is
 //! a panic whose payload crosses greenlets unchanged, and `GreenletExit` reaches a parent as a
 //! value (`SwitchError::Exited`, or `Ok` when the receiver asks for a `GreenletExit`).
 

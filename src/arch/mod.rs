@@ -15,9 +15,9 @@
 //! the entry function receives), the saved stack pointer of a suspended context, and its *link*.
 //! The layers above keep their own record of each stack just above its context
 //! ([`CONTEXT_BELOW_TOP`]), so the sender a switch hands over names its record by an addition.
-//! The context of a greenlet stack sits at the top of that stack; each switch writes the
-//! switcher's stack pointer into the target's link, and the entry trampoline's DWARF CFI reads
-//! it back, so an unwinder (a backtrace, gdb) walking up from the target's root frame steps into
+//! The context of a greenlet stack sits near the top of that stack, just below its owner's
+//! data; each switch writes the switcher's stack pointer into the target's link, and the entry
+//! trampoline's DWARF CFI reads it back, so an unwinder (a backtrace, gdb) walking up from the target's root frame steps into
 //! the frames of the context that resumed it:
 //!
 //! ```text

@@ -86,8 +86,10 @@
 //!
 //! # Rule map
 //!
-//! How each observed rule of Python's greenlet (section A of the behavioural reference) maps to
-//! this crate, and the test that checks it (files under `tests/`).
+//! Python's greenlet (3.5) behaves by the numbered rules below (1-67), each observed on the
+//! real thing; every row says what its rules cover, how they map to this crate, and the tests
+//! that check them (files under `tests/`). Where Rust's model forces a difference, the row
+//! says so; the bridge's rules (68-100) are mapped in [`crate::bridge`].
 //!
 //! | Rules | In Rust | Checked by |
 //! |---|---|---|
@@ -101,7 +103,7 @@
 //! | 15 | switching to the running greenlet returns the value | `greenlet_switch::switching_to_yourself_returns_the_value_at_once` |
 //! | 16 | `run`'s result goes to the parent | `greenlet_switch::result_goes_to_the_parent_not_to_the_last_switcher` |
 //! | 17 | a panic leaving `run` continues in the parent, same payload | `greenlet_switch::panic_in_run_kills_and_is_raised_in_the_parent_with_the_same_payload` |
-//! | 18 | an uncaught [`GreenletExit`] reaches the parent as [`SwitchError::Exited`] (or as the value, if the parent asks for a `GreenletExit`) | `greenlet_throw::uncaught_thrown_greenlet_exit_is_returned_to_parent` |
+//! | 18 | an uncaught [`GreenletExit`] reaches the parent as [`SwitchError::Exited`] (or as the value, if the parent asks for a `GreenletExit`) | `greenlet_model::results_panics_and_exits_reach_the_parent` (raised by the greenlet itself), `greenlet_throw::uncaught_thrown_greenlet_exit_is_returned_to_parent` (thrown into it) |
 //! | 19 | the result walks past dead parents and starts unstarted ones | `greenlet_switch::result_walks_past_dead_parents`, `unstarted_parent_is_started_with_the_result_as_its_one_argument`, `panic_delivered_to_unstarted_parent_kills_it_without_running` |
 //! | 20 | failing switches to a parent on another thread: impossible (`!Send`) | — |
 //! | 21-23 | switching to a dead greenlet goes to its nearest live ancestor | `greenlet_switch::switch_to_dead_greenlet_returns_at_once_when_nearest_live_ancestor_is_caller`, `switch_to_dead_greenlet_resumes_a_suspended_ancestor`, `switch_to_dead_greenlet_starts_an_unstarted_ancestor_with_the_original_value` |
@@ -109,26 +111,27 @@
 //! | 25 | [`Greenlet::throw`] raises any payload; returns what is next switched back | `greenlet_throw::throw_raises_the_same_payload_object_at_the_suspension_point`, `throw_returns_a_value_sent_by_a_third_greenlet` |
 //! | 26 | argument errors of Python's `throw`: ruled out by its signature | — |
 //! | 27-28 | an uncaught throw kills the target and goes to its parent | `greenlet_throw::uncaught_thrown_panic_kills_target_and_is_raised_in_parent`, `escaping_panic_goes_to_target_parent_not_thrower` |
-//! | 29 | throw into an unstarted greenlet: it dies without running | `greenlet_throw::panic_thrown_into_unstarted_is_raised_in_parent_without_running`, `greenlet_exit_thrown_into_unstarted_is_returned_without_running` |
+//! | 29 | throw into an unstarted greenlet: it dies without running, and the payload goes to its parent | `greenlet_throw::panic_thrown_into_unstarted_is_raised_in_parent_without_running`, `panic_thrown_into_unstarted_goes_to_its_parent_not_thrower`, `greenlet_exit_thrown_into_unstarted_is_returned_without_running` |
 //! | 30 | throw into a dead greenlet | `greenlet_throw::greenlet_exit_thrown_into_dead_is_returned_as_value`, `panic_thrown_into_dead_goes_to_suspended_live_ancestor` |
 //! | 31 | throw into the running greenlet panics at once | `greenlet_throw::throw_into_current_raises_at_once_even_greenlet_exit` |
 //! | 32-35, 38 | kill on drop (see above) | `greenlet_kill::dropping_unstarted_greenlet_drops_closure_without_running_it`, `dropping_last_handle_throws_vanished_greenlet_exit_synchronously`, `killer_is_victims_parent_during_kill_and_drop_resumes_killer`, `victim_returning_normally_after_exit_has_its_result_discarded`, `victim_storing_a_handle_to_itself_is_resurrected_and_resumable` |
 //! | 36 | a kill that becomes another panic: reported on stderr, `drop` does not panic | `greenlet_kill::kill_turned_into_another_panic_is_reported_not_raised_from_drop` |
 //! | 37 | a victim that switches away: reported on stderr and leaked | `greenlet_kill::victim_switching_away_without_handle_is_reported_and_leaked` |
 //! | 39 | a victim that switches elsewhere: the drop returns when something switches back | `greenlet_kill::victim_switching_to_another_greenlet_resumes_killer_only_when_switched_back` |
-//! | 40-41, 54 | drops in another thread are impossible (`!Send`); at thread exit, suspended greenlets are killed (see above) | `greenlet_threads::suspended_greenlets_in_locals_are_unwound_once_when_thread_ends`, `greenlets_in_thread_local_destroyed_before_greenlet_state_are_unwound`, `stacks_of_greenlets_left_at_thread_exit_are_not_leaked` |
+//! | 40-41, 54 | **deliberate difference.** Python runs no code in a greenlet whose thread has exited (it only reads as dead), and was not seen killing greenlets at interpreter shutdown. Here a drop in another thread is impossible (`!Send`), and at thread exit suspended greenlets are killed, so their destructors run (see [Threads](#threads)). At process exit a greenlet is killed only if the handle holding it is dropped, by Rust's usual rules: locals of frames that [`std::process::exit`] abandons are not, and the main thread's thread-locals are destroyed at exit only where the platform runs their destructors (glibc does) | `greenlet_threads::suspended_greenlets_in_locals_are_unwound_once_when_thread_ends`, `greenlets_in_thread_local_destroyed_before_greenlet_state_are_unwound`, `stacks_of_greenlets_left_at_thread_exit_are_not_leaked` |
 //! | 42 | a child keeps its parent alive | `greenlet_parent::suspended_parent_with_no_handles_left_still_receives_its_childs_result`, `suspended_child_whose_parent_died_delivers_to_nearest_live_ancestor` |
 //! | 43 | a greenlet that drops its last handle to itself and switches: killed, its value still delivered | `greenlet_kill::value_switched_by_abandoned_greenlet_is_delivered_and_it_is_killed` |
-//! | 44, 46-47 | parent type checks, cross-thread parents, deleting `parent`: ruled out by types | — |
+//! | 44 | a parent must be a greenlet (the type says so); any greenlet may be one, whatever its state | `greenlet_parent::any_greenlet_can_be_a_parent_whatever_its_state` |
+//! | 46-47 | a parent chain without main, deleting `parent`: ruled out by types (every parent chain ends at its thread's main; `set_parent` takes a greenlet) | — |
 //! | 45 | [`ParentError::Cyclic`], old parent kept | `greenlet_parent::setting_self_as_parent_is_cyclic_and_changes_nothing`, `longer_cycles_are_detected_and_leave_the_old_parent` |
 //! | 48 | main has no parent; [`ParentError::Main`] | `greenlet_parent::main_has_no_parent_and_cannot_be_given_one` |
 //! | 49 | a running greenlet may reparent itself | `greenlet_parent::running_greenlet_reparents_itself_and_its_result_goes_to_the_new_parent` |
 //! | 50-51 | [`getcurrent`]; one main greenlet per thread, made lazily | `greenlet_state::getcurrent_is_stable_and_names_the_running_greenlet`, `each_thread_has_its_own_main_greenlet` |
 //! | 52-53 | cross-thread switches: a compile error (`!Send`, compile-fail doctests on [`Greenlet`]) | doctests |
 //! | 55-56 | [`Greenlet::is_dead`], [`Greenlet::is_active`] through the lifecycle | `greenlet_state::lifecycle_flags_at_every_step` |
-//! | 57-59 | frames, `repr`, `exc_info`: Python-specific; `Debug` shows name and state | `greenlet_state` (Debug) |
+//! | 57-59 | frames, `repr`, `exc_info`: Python-specific; `Debug` shows name and state | `greenlet_state::debug_shows_name_and_state` |
 //! | 60-63 | `contextvars`: no counterpart in Rust (thread-locals are shared by a thread's greenlets) | — |
-//! | 64-66 | [`settrace`]: per thread, returns the previous hook; [`TraceEvent::Switch`] / [`TraceEvent::Throw`]; a panicking hook is removed and its panic raised in the target | `greenlet_trace::settrace_returns_the_previous_hook`, `switch_events_for_start_switches_and_return_name_origin_and_target`, `panicking_hook_is_removed_and_its_panic_raised_in_the_resumed_target` |
+//! | 64-66 | [`settrace`]: per thread, returns the previous hook (there is no `gettrace`: the hook is moved in, and `settrace` hands the previous one back); [`TraceEvent::Switch`] / [`TraceEvent::Throw`]; a panicking hook is removed and its panic raised in the target | `greenlet_trace::settrace_returns_the_previous_hook`, `switch_events_for_start_switches_and_return_name_origin_and_target`, `panicking_hook_is_removed_and_its_panic_raised_in_the_resumed_target` |
 //! | 67 | `greenlet.error` cases: compile errors or internal | — |
 //!
 //! [`switch`]: Greenlet::switch

@@ -10,8 +10,10 @@
 //! ```text
 //!   mapping end   +-------------------------+
 //!                 | header (registry, size) |
-//!   stack top --> +-------------------------+  16-byte aligned; the arch layer's frame goes here
-//!                 |                         |
+//!   stack top --> +-------------------------+  16-byte aligned
+//!                 | owner's data            |  a greenlet's closure and record (a fiber's
+//!                 | context, first frame    |  closure and block), then the arch layer's
+//!                 |                         |  context just below it and the first frame
 //!                 |  usable stack           |  grows down; pages are committed by the kernel
 //!                 |  (`size` bytes)         |  on first touch (MAP_NORESERVE)
 //!                 |                         |
@@ -479,7 +481,7 @@ pub const SLAB_STACKS: usize = slab::SLAB_STACKS;
 ///
 /// With guard pages off, stacks are carved from shared mappings of [`SLAB_STACKS`] stacks
 /// (slabs) that cost two maps each, so millions of stacks fit under the default limit. An
-/// overflow then cannot fault (but in the lowest stack of a slab): it is detected by a canary
+/// overflow then cannot fault (except in the lowest stack of a slab): it is detected by a canary
 /// at the bottom of the stack, checked when the stack is released, which may be long after the
 /// overflow has overwritten the stack below it. See the [module docs](self#dense-stacks).
 ///

@@ -1,5 +1,5 @@
-//! The reference model: Python greenlet's semantics (section A of the behavioural reference, as
-//! mapped to Rust in the crate's module docs) as a plain state machine, with no stacks.
+//! The reference model: Python greenlet's semantics (its rules 1-67, as mapped to Rust in
+//! the `greenlet` module docs' rule map) as a plain state machine, with no stacks.
 //!
 //! Each greenlet has a state (unstarted, active, dead), a parent, a reference count and, while
 //! suspended, its *continuation*: a stack of [`Frame`]s saying what it does when it gets
