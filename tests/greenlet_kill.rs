@@ -486,32 +486,8 @@ fn victim_switching_to_another_greenlet_resumes_killer_only_when_switched_back()
 #[test]
 fn value_switched_by_abandoned_greenlet_is_delivered_and_it_is_killed() {
     let log = log();
-    let worker_slot = slot();
-    let initiator_slot = slot();
-    let log_w = Rc::clone(&log);
-    let (worker_self, initiator_in) = (Rc::clone(&worker_slot), Rc::clone(&initiator_slot));
-    let worker = Greenlet::new(move |()| {
-        let _finally = Flag(log_w, "worker unwound");
-        let parent = getcurrent().parent().unwrap();
-        // Wait for the value.
-        let value: i32 = parent.switch(()).unwrap();
-        // Drop every handle to ourselves (the slot's, and the initiator's parent link).
-        drop(worker_self.borrow_mut().take());
-        let initiator = initiator_in.borrow_mut().take().unwrap();
-        initiator.set_parent(&parent).unwrap();
-        drop(initiator);
-        parent.switch::<i32, ()>(value).unwrap();
-        unreachable!("the worker is killed, never resumed");
-    });
-    worker.switch::<(), ()>(()).unwrap(); // prime it
-    *worker_slot.borrow_mut() = Some(worker.clone());
-    let initiator = Greenlet::builder()
-        .parent(&worker)
-        .build(|()| 42i32)
-        .unwrap();
-    drop(worker);
-    *initiator_slot.borrow_mut() = Some(initiator.clone());
-    let value: i32 = initiator.switch(()).unwrap();
+    let (value, initiator) =
+        common::abandoned_sender_switches(Flag(Rc::clone(&log), "worker unwound"));
     assert_eq!(value, 42);
     assert_eq!(*log.borrow(), ["worker unwound"]);
     assert!(initiator.is_dead());

@@ -933,6 +933,20 @@ fn switched_values_are_moved_exactly_once() {
     assert_eq!(Rc::strong_count(&token), 1);
 }
 
+/// A greenlet that returns a `String` to its parent, an unstarted greenlet whose closure holds
+/// `guard` and takes a `u64`: the parent dies without running, dropping `guard` in the
+/// returning greenlet, and the `String` walks on up as a wrong-type error.
+fn returns_a_string_to_an_unstarted_parent_holding<G: 'static>(guard: G) -> Greenlet {
+    let parent = Greenlet::new(move |x: u64| {
+        let _guard = &guard;
+        x
+    });
+    Greenlet::builder()
+        .parent(&parent)
+        .build(|()| String::from("not a u64"))
+        .unwrap()
+}
+
 // Rule 19's walk past an unstarted parent drops that parent's closure, which runs its
 // destructors in the greenlet whose result is walking up. Until the result is delivered, that
 // greenlet is as alive as any: a destructor may switch away and be switched back to, and the
@@ -949,16 +963,10 @@ fn a_destructor_run_by_the_walk_of_a_result_may_switch_away_and_back() {
         }
     }
     let resumed_with = Rc::new(Cell::new(0));
-    let guard = SwitchesOnDrop(getcurrent(), Rc::clone(&resumed_with));
-    let parent = Greenlet::new(move |x: u64| {
-        let _guard = &guard;
-        x
-    });
-    let g = Greenlet::builder()
-        .parent(&parent)
-        .build(|()| String::from("not a u64"))
-        .unwrap();
-    drop(parent);
+    let g = returns_a_string_to_an_unstarted_parent_holding(SwitchesOnDrop(
+        getcurrent(),
+        Rc::clone(&resumed_with),
+    ));
     // g returns a String; its unstarted parent wants a u64 and dies without running; dropping
     // its closure runs the guard in g, which sends main a u64 where main awaits a u32.
     match g.switch::<(), u32>(()) {
@@ -996,16 +1004,7 @@ fn a_destructor_panic_during_the_walk_of_a_result_is_discarded() {
             panic!("destructor panic");
         }
     }
-    let guard = PanicsOnDrop;
-    let parent = Greenlet::new(move |x: u64| {
-        let _guard = &guard;
-        x
-    });
-    let g = Greenlet::builder()
-        .parent(&parent)
-        .build(|()| String::from("not a u64"))
-        .unwrap();
-    drop(parent);
+    let g = returns_a_string_to_an_unstarted_parent_holding(PanicsOnDrop);
     match g.switch::<(), u32>(()) {
         Err(SwitchError::WrongType { value, .. }) => {
             assert_eq!(*value.downcast::<String>().unwrap(), "not a u64");

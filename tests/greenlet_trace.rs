@@ -478,31 +478,8 @@ fn an_abandoned_sender_is_killed_once_with_a_hook_set() {
         events_in.set(events_in.get() + 1)
     })));
     let unwound = Rc::new(Cell::new(0));
-    let guard = Dropped(Rc::clone(&unwound));
-    let worker_slot: Rc<RefCell<Option<Greenlet>>> = Rc::default();
-    let initiator_slot: Rc<RefCell<Option<Greenlet>>> = Rc::default();
-    let (worker_self, initiator_in) = (Rc::clone(&worker_slot), Rc::clone(&initiator_slot));
-    let worker = Greenlet::new(move |()| {
-        let _guard = guard;
-        let parent = getcurrent().parent().unwrap();
-        let value: i32 = parent.switch(()).unwrap();
-        // Drop every handle to itself, then switch away: abandoned.
-        drop(worker_self.borrow_mut().take());
-        let initiator = initiator_in.borrow_mut().take().unwrap();
-        initiator.set_parent(&parent).unwrap();
-        drop(initiator);
-        parent.switch::<i32, ()>(value).unwrap();
-        unreachable!("an abandoned greenlet is killed, never resumed");
-    });
-    worker.switch::<(), ()>(()).unwrap();
-    *worker_slot.borrow_mut() = Some(worker.clone());
-    let initiator = Greenlet::builder()
-        .parent(&worker)
-        .build(|()| 42i32)
-        .unwrap();
-    drop(worker);
-    *initiator_slot.borrow_mut() = Some(initiator.clone());
-    assert_eq!(initiator.switch::<(), i32>(()).unwrap(), 42);
+    let (value, _) = common::abandoned_sender_switches(Dropped(Rc::clone(&unwound)));
+    assert_eq!(value, 42);
     assert_eq!(
         unwound.get(),
         1,

@@ -226,3 +226,37 @@ pub(crate) fn assert_memory_flat(before: (usize, usize), after: (usize, usize)) 
         after.1
     );
 }
+
+/// Rule 43's program (greenlet's `test_dealloc_switch_args_not_lost`): a worker holding `guard`
+/// waits for a value from a child of its own (the initiator), then drops every handle to itself
+/// and switches the value to its parent, abandoned, so it is killed. Returns the value the
+/// running greenlet received, and the initiator.
+pub(crate) fn abandoned_sender_switches<G: 'static>(guard: G) -> (i32, awaitlet::Greenlet) {
+    use awaitlet::{Greenlet, getcurrent};
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    let worker_slot: Rc<RefCell<Option<Greenlet>>> = Rc::default();
+    let initiator_slot: Rc<RefCell<Option<Greenlet>>> = Rc::default();
+    let (worker_self, initiator_in) = (Rc::clone(&worker_slot), Rc::clone(&initiator_slot));
+    let worker = Greenlet::new(move |()| {
+        let _guard = guard;
+        let parent = getcurrent().parent().unwrap();
+        let value: i32 = parent.switch(()).unwrap();
+        // Drop every handle to itself (the slot's, and the initiator's parent link).
+        drop(worker_self.borrow_mut().take());
+        let initiator = initiator_in.borrow_mut().take().unwrap();
+        initiator.set_parent(&parent).unwrap();
+        drop(initiator);
+        parent.switch::<i32, ()>(value).unwrap();
+        unreachable!("an abandoned greenlet is killed, never resumed");
+    });
+    worker.switch::<(), ()>(()).unwrap();
+    *worker_slot.borrow_mut() = Some(worker.clone());
+    let initiator = Greenlet::builder()
+        .parent(&worker)
+        .build(|()| 42i32)
+        .unwrap();
+    drop(worker);
+    *initiator_slot.borrow_mut() = Some(initiator.clone());
+    (initiator.switch::<(), i32>(()).unwrap(), initiator)
+}
