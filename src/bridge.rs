@@ -119,9 +119,10 @@
 //! # Rule map
 //!
 //! Python's awaitlet (0.0.1) behaves by the numbered rules below (68-95, continuing the
-//! greenlet's, which [`crate::greenlet`] maps), each observed on the real thing; every row says what its rules cover, how they map to this
-//! crate, and the tests that check them (files under `tests/`; a doctest is named by the item it
-//! documents). Where Rust's model forces a difference, the row says so.
+//! greenlet's, which [`crate::greenlet`] maps), each observed on the real thing; every row says
+//! what its rules cover, how they map to this crate, and the tests that check them (files under
+//! `tests/`; a doctest is named by the item it documents). Where Rust's model forces a
+//! difference, the row says so.
 //!
 //! | Rules | In Rust | Checked by |
 //! |---|---|---|
@@ -154,15 +155,15 @@
 //! | 95 | contextvars have no single counterpart. `f` runs inside the executor's poll, on the poller's thread, so what the task set is visible in `f` across waits: thread-locals, tokio task-locals, the current `tracing` span (a span `f` enters is its child); separate tasks keep their own values, and a task-local scope awaited inside `f` shadows the outer value until it ends. A task-local is set only by a scope, so a value `f` leaves for the task goes in a thread-local or a shared cell | `bridge_executors::a_task_local_set_by_the_outer_task_is_visible_in_the_sync_code_across_waits`, `a_task_local_scope_awaited_inside_the_sync_code_shadows_the_outer_one_until_it_ends`, `the_span_entered_by_the_outer_task_is_current_in_the_sync_code_across_waits` |
 //!
 //! SQLAlchemy's variants (rules 96-102) need no rows of their own. `greenlet_spawn` with
-//! `_require_await=True` is [`async_def`] with [`AsyncDef::assert_await_occurs`] (96),
-//! `await_only` (`await_` in 2.1) is [`awaitlet`], disposing of the refused future as 2.0 does (97,
-//! 101), and `in_greenlet()` is [`in_async_def`] (99). SQLAlchemy's exception classes, messages and
-//! error codes are its own. `await_fallback` (98) has no counterpart: the crate knows no event loop
-//! to fall back on, so outside `async_def` [`awaitlet`] panics and [`try_awaitlet`] returns the
-//! error, and a caller that wants a fallback calls an executor's `block_on` itself.
-//! `AsyncAdaptedLock` and the exception classifiers (100) are SQLAlchemy internals (here a
-//! cancellation is recognised by its [`Cancelled`] payload); the lazy import (101) is packaging;
-//! and with a single bridge there is no marker to share (102).
+//! `_require_await=True` is [`async_def`] with [`AsyncDef::assert_await_occurs`] (96), `await_only`
+//! (`await_` in 2.1) is [`awaitlet`], disposing of the refused future as 2.0 does (97, 101), and
+//! `in_greenlet()` is [`in_async_def`] (99). SQLAlchemy's exception classes, messages and error
+//! codes are its own. `await_fallback` (98) has no counterpart: the crate knows no event loop to
+//! fall back on, so outside `async_def` [`awaitlet`] panics and [`try_awaitlet`] returns the error,
+//! and a caller that wants a fallback calls an executor's `block_on` itself. `AsyncAdaptedLock` and
+//! the exception classifiers (100) are SQLAlchemy internals (here a cancellation is recognised by
+//! its [`Cancelled`] payload); the lazy import (101) is packaging; and with a single bridge there
+//! is no marker to share (102).
 //!
 //! Rules with no test, or with a part that no test checks:
 //!

@@ -1,6 +1,7 @@
 //! The bridge's semantics, rule by rule (awaitlet rules 68-95, mapped in the `bridge` module
 //! docs): what `async_def` runs and returns, what `awaitlet` waits for, panics both ways,
-//! nesting, and the greenlet underneath. Driven by hand with a no-op waker, so every suspension is visible.
+//! nesting, and the greenlet underneath. Driven by hand with a no-op waker, so every
+//! suspension is visible.
 
 mod common;
 
