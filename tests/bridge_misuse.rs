@@ -976,8 +976,10 @@ fn a_child_greenlet_switching_to_the_poller_makes_the_poll_panic_and_the_drop_st
 // process aborts with a message.
 #[test]
 fn a_switch_to_the_poller_from_inside_an_awaited_futures_poll_aborts_the_process() {
-    if is_child("switch-inside-poll") {
-        let mut future = async_def(|| {
+    aborts_for_a_switch_inside_a_poll(
+        "a_switch_to_the_poller_from_inside_an_awaited_futures_poll_aborts_the_process",
+        "switch-inside-poll",
+        || {
             let poller = getcurrent().parent().unwrap();
             let child = Greenlet::new(move |()| {
                 poller.switch::<(), ()>(()).unwrap();
@@ -986,39 +988,36 @@ fn a_switch_to_the_poller_from_inside_an_awaited_futures_poll_aborts_the_process
                 child.switch::<(), ()>(()).unwrap();
                 Poll::Ready(())
             }));
-        });
-        let _ = catch(|| poll_once(&mut future));
-        println!("CHILD-SURVIVED");
-        return;
-    }
-    let stderr = child_aborts(
-        "a_switch_to_the_poller_from_inside_an_awaited_futures_poll_aborts_the_process",
-        "switch-inside-poll",
+        },
     );
-    let lines = library_lines(&stderr);
-    assert_eq!(lines.len(), 1, "{stderr}");
-    assert!(lines[0].contains("inside a future's poll"), "{stderr}");
 }
 
 #[test]
 fn the_function_switching_to_its_poller_from_inside_an_awaited_futures_poll_aborts_the_process() {
     // The same with `f` itself switching: the poll cannot return while `f` holds its `cx`.
-    if is_child("self-switch-inside-poll") {
-        let mut future = async_def(|| {
+    aborts_for_a_switch_inside_a_poll(
+        "the_function_switching_to_its_poller_from_inside_an_awaited_futures_poll_aborts_the_process",
+        "self-switch-inside-poll",
+        || {
             awaitlet(std::future::poll_fn(|_| {
                 let poller = getcurrent().parent().unwrap();
                 let _ = poller.switch::<u32, ()>(1);
                 Poll::Ready(())
             }));
-        });
+        },
+    );
+}
+
+/// Runs `f` under `async_def` in a child process (`role` of `test`) and checks that its first
+/// poll aborts the process with the one message about a switch made inside a future's poll.
+fn aborts_for_a_switch_inside_a_poll(test: &str, role: &str, f: impl FnOnce()) {
+    if is_child(role) {
+        let mut future = async_def(f);
         let _ = catch(|| poll_once(&mut future));
         println!("CHILD-SURVIVED");
         return;
     }
-    let stderr = child_aborts(
-        "the_function_switching_to_its_poller_from_inside_an_awaited_futures_poll_aborts_the_process",
-        "self-switch-inside-poll",
-    );
+    let stderr = child_aborts(test, role);
     let lines = library_lines(&stderr);
     assert_eq!(lines.len(), 1, "{stderr}");
     assert!(lines[0].contains("inside a future's poll"), "{stderr}");
