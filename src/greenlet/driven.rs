@@ -49,7 +49,7 @@ use std::cell::Cell;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
-use std::pin::{Pin, pin};
+use std::pin::pin;
 use std::ptr;
 use std::task::{Context, Poll};
 
@@ -556,14 +556,16 @@ pub(crate) enum NotAwaited {
 #[inline(always)]
 pub(crate) fn await_in_driven<F: Future>(fut: F) -> Result<F::Output, NotAwaited> {
     let me = current_record();
+    // SAFETY: the running greenlet's record is alive as long as it runs.
+    let record = unsafe { &*me };
+    let mut cx = record.await_cx.get();
+    if cx.is_null() {
+        // `fut` moves: its address never leaves this function, so a future that is ready at
+        // once can live in registers.
+        return without_context(record, fut);
+    }
     let mut fut = pin!(fut);
     loop {
-        // SAFETY: the running greenlet's record is alive as long as it runs.
-        let record = unsafe { &*me };
-        let cx = record.await_cx.get();
-        if cx.is_null() {
-            return without_context(record, fut);
-        }
         let borrowed = BorrowedContext::take(record, cx);
         // SAFETY: a non-null `await_cx` is the poll in progress's, valid until its poller is
         // back, which (see `DrivenGreenlet::resumed`) cannot happen while it is taken.
@@ -590,6 +592,10 @@ pub(crate) fn await_in_driven<F: Future>(fut: F) -> Result<F::Output, NotAwaited
         if !plain {
             // SAFETY: `word` is untouched; we await a `Resume`.
             resumed_otherwise(unsafe { receive_out_of_line::<Resume>(word, origin, me) });
+        }
+        cx = record.await_cx.get();
+        if cx.is_null() {
+            return Err(context_lost(record));
         }
     }
 }
@@ -629,22 +635,39 @@ fn resumed_otherwise(received: super::core::Received<Resume>) {
     }
 }
 
-/// `awaitlet` finds no context to poll with: not a driven greenlet, inside a future that
-/// `awaitlet` polls, cancelled, or resumed by a greenlet switch outside any poll.
+/// `awaitlet` finds no context to poll with: once cancelled, `fut` is polled once with a waker
+/// that does nothing; otherwise as [`context_lost`].
 #[cold]
-fn without_context<F: Future>(record: &Record, fut: Pin<&mut F>) -> Result<F::Output, NotAwaited> {
+fn without_context<F: Future>(record: &Record, fut: F) -> Result<F::Output, NotAwaited> {
+    match context_lost(record) {
+        NotAwaited::Cancelled => {
+            match pin!(fut).poll(&mut Context::from_waker(std::task::Waker::noop())) {
+                Poll::Ready(output) => Ok(output),
+                Poll::Pending => Err(NotAwaited::Cancelled),
+            }
+        }
+        no_context => Err(no_context),
+    }
+}
+
+/// Why the running greenlet has no context to poll with: not a driven greenlet, inside a future
+/// that `awaitlet` polls, or cancelled. A waiting `awaitlet` resumed without a context (only
+/// possible once cancelled) gives up its future, which was pending, as a cancelled wait does.
+///
+/// # Panics
+///
+/// When the greenlet runs outside its `AsyncDef`'s poll (resumed by a greenlet switch).
+#[cold]
+fn context_lost(record: &Record) -> NotAwaited {
     let Some(driven) = &record.driven else {
-        return Err(NotAwaited::NoContext);
+        return NotAwaited::NoContext;
     };
     if !driven.poller.get().is_null() {
         // A poll is in progress: its context is taken by a future `awaitlet` is polling.
-        return Err(NotAwaited::NoContext);
+        return NotAwaited::NoContext;
     }
     if driven.cancelled.get() {
-        return match fut.poll(&mut Context::from_waker(std::task::Waker::noop())) {
-            Poll::Ready(output) => Ok(output),
-            Poll::Pending => Err(NotAwaited::Cancelled),
-        };
+        return NotAwaited::Cancelled;
     }
     panic!(
         "awaitlet: awaitlet was called while its AsyncDef is not being polled (the greenlet was \
