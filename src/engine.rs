@@ -92,9 +92,10 @@ impl Suspender {
         // SAFETY: `Shared` lives near the top of our own stack, which is running.
         let shared = unsafe { self.shared.as_ref() };
         // SAFETY: we are the running fiber, whose block `self.shared` is (`Fiber::new` put our
-        // context just below it); `caller` is suspended in `Fiber::resume`.
+        // context just below it); `caller` is suspended in `Fiber::resume`, at no stack's root,
+        // so no CFI reads its link.
         let (received, _) = unsafe {
-            arch::switch_nested(
+            arch::switch_unlinked(
                 value,
                 arch::context_below(self.shared.as_ptr()),
                 &shared.caller,

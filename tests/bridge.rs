@@ -7,6 +7,7 @@ mod common;
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
+use std::hint::black_box;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -15,7 +16,7 @@ use awaitlet::{
     AsyncDef, Greenlet, NoAwaitOccurred, NoAwaitletContext, async_def, awaitlet, getcurrent,
     in_async_def, try_awaitlet,
 };
-use common::{catch, drive, pending_then, poll_once, text};
+use common::{catch, drive, frame_names, pending_then, poll_once, text};
 
 #[test]
 fn a_ready_future_returns_without_suspending() {
@@ -368,4 +369,59 @@ fn a_future_panicking_with_cancelled_is_an_ordinary_panic_at_the_awaitlet_call()
         }))
     });
     assert!(escaped.unwrap_err().is::<awaitlet::Cancelled>());
+}
+
+/// The function's frame: captures a backtrace on its own stack, then waits once.
+#[inline(never)]
+fn function_waiting(inside: &RefCell<String>) {
+    *inside.borrow_mut() = std::backtrace::Backtrace::force_capture().to_string();
+    awaitlet(pending_then(1, ()));
+    black_box(()); // no tail call: this frame stays on the stack
+}
+
+/// A greenlet's frame that polls the function until it waits, captures a backtrace, then lets
+/// it finish.
+#[inline(never)]
+fn greenlet_polling(inside: &RefCell<String>) -> String {
+    let mut future = async_def(|| function_waiting(inside));
+    assert!(poll_once(&mut future).is_pending());
+    let after_the_wait = black_box(std::backtrace::Backtrace::force_capture().to_string());
+    assert!(poll_once(&mut future).is_ready());
+    after_the_wait
+}
+
+/// The thread stack's frame that starts the polling greenlet.
+#[inline(never)]
+fn start_the_poller(inside: &Rc<RefCell<String>>) -> String {
+    let captured = inside.clone();
+    let poller = Greenlet::new(move |()| greenlet_polling(&captured));
+    black_box(poller.switch::<(), String>(()).unwrap())
+}
+
+#[test]
+fn a_backtrace_in_the_function_crosses_into_its_poller_and_one_in_the_poller_stops_at_its_root() {
+    let inside = Rc::new(RefCell::new(String::new()));
+    let after_the_wait = start_the_poller(&inside);
+    let inside = inside.borrow();
+    let has = |trace: &str, name: &str| {
+        frame_names(trace)
+            .iter()
+            .any(|frame| frame.ends_with(&format!("::{name}")))
+    };
+    // Inside the function, its walk crosses into the stack polling it (the native backend's
+    // CFI; the portable one stops at each stack's root).
+    assert!(has(&inside, "function_waiting"), "{inside}");
+    let crosses = awaitlet::BACKEND == "x86_64";
+    assert_eq!(has(&inside, "greenlet_polling"), crosses, "{inside}");
+    // In the poller after the wait: its own frames only. The function is not its caller, and
+    // its own resumer's frame is not known once it has resumed the function.
+    assert!(has(&after_the_wait, "greenlet_polling"), "{after_the_wait}");
+    assert!(
+        !has(&after_the_wait, "function_waiting"),
+        "{after_the_wait}"
+    );
+    assert!(
+        !has(&after_the_wait, "start_the_poller"),
+        "{after_the_wait}"
+    );
 }

@@ -3,12 +3,15 @@
 //!
 //! `.ci/run` runs this file under both backends.
 
+mod common;
+
 use std::cell::{Cell, RefCell};
 use std::hint::black_box;
 use std::rc::Rc;
 
 use awaitlet::engine::{Fiber, Resumed, Suspender};
 use awaitlet::stack::{DEFAULT_STACK_SIZE, Stack};
+use common::frame_names;
 
 fn fiber<F: FnOnce(&Suspender, usize) -> usize>(closure: F) -> Fiber<F> {
     Fiber::new(Stack::new(DEFAULT_STACK_SIZE).unwrap(), closure)
@@ -220,16 +223,6 @@ fn resumer_on_the_thread_stack(captured: &RefCell<String>) {
 fn caller_of_the_resumer(captured: &RefCell<String>) {
     resumer_on_the_thread_stack(captured);
     black_box(()); // no tail call: this frame stays on the stack
-}
-
-/// The symbol names of a captured backtrace's frames, in order.
-fn frame_names(trace: &str) -> Vec<&str> {
-    trace
-        .lines()
-        .filter_map(|line| line.trim_start().split_once(": "))
-        .filter(|(index, _)| index.chars().all(|c| c.is_ascii_digit()))
-        .map(|(_, name)| name.trim())
-        .collect()
 }
 
 #[test]

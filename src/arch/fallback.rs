@@ -162,6 +162,21 @@ pub(crate) unsafe fn switch_nested(
     unsafe { switch(arg, from, to) }
 }
 
+/// [`switch`]; links are unused here.
+///
+/// # Safety
+///
+/// As for [`switch`].
+#[inline(always)]
+pub(crate) unsafe fn switch_unlinked(
+    arg: usize,
+    from: &Context,
+    to: &Context,
+) -> (usize, *const Context) {
+    // SAFETY: the caller's contract is `switch`'s.
+    unsafe { switch(arg, from, to) }
+}
+
 /// Resumes `to` with `arg` without keeping the running context.
 ///
 /// # Safety

@@ -8,6 +8,8 @@
 //!   and resumes another one, handing it one machine word; it returns the word handed back by
 //!   whichever context later resumes us, and that context (the *sender*);
 //! - [`switch_nested`] is the same for strictly nested use (see its docs);
+//! - [`switch_unlinked`] is the same without touching any link, for switching back to a
+//!   context whose link is already right (see its docs);
 //! - [`switch_final`] resumes another context without saving the running one: the last switch
 //!   made by a context whose stack is about to be released.
 //!
@@ -39,7 +41,9 @@
 //! running one (for a greenlet driven from the thread's own stack, that is the whole thread
 //! stack down to `main`). Longer chains would go stale the moment the greenlets in them switch
 //! among themselves in a cycle, and an unwinder following a stale link reads whatever now lies
-//! there; a one-step chain is always exact.
+//! there; a one-step chain is always exact. The one exception is a context resumed by
+//! [`switch_unlinked`] (a poller, when the function it polls waits again): its link is still the
+//! terminator its own switch into that function left, so a walk from it stops at its root.
 //!
 //! Unwinding never crosses the assembly: entry functions are `extern "C"` and `-> !`, so a panic
 //! that escaped one would abort; the greenlet layer catches every panic at the root of each
@@ -112,7 +116,9 @@ compile_error!(
      is reported from a SIGSEGV handler; no backend exists for this target yet"
 );
 
-pub(crate) use backend::{BACKEND_NAME, init, switch, switch_final, switch_nested};
+pub(crate) use backend::{
+    BACKEND_NAME, init, switch, switch_final, switch_nested, switch_unlinked,
+};
 
 /// How far below the `stack_top` given to `init` its [`Context`] lies, on every backend: a
 /// caller that keeps its own data just above `stack_top` finds the context at a fixed offset

@@ -52,8 +52,8 @@
 //!
 //! A switch is then two loads and three stores besides the pushes and pops: load the target's
 //! `sp` and resume address, save our `sp`, reset our own link (not in `switch_nested`), write
-//! the target's link. Both links sit inside the
-//! `Context`s, so no store waits on a pointer load.
+//! the target's link (neither link in `switch_unlinked`). Both links sit inside the `Context`s,
+//! so no store waits on a pointer load.
 //!
 //! # CFI
 //!
@@ -153,9 +153,11 @@ pub(crate) unsafe fn init(
     }
 }
 
-/// The switch, with extra instructions (and their operands) spliced in after `from.sp` is saved.
+/// The switch, with the instructions that write links (and their operands) spliced in after
+/// `from.sp` is saved: which links a switch writes is what tells [`switch`], [`switch_nested`]
+/// and [`switch_unlinked`] apart.
 macro_rules! switch_asm {
-    ($arg:expr, $from:expr, $to:expr $(, $extra:literal)* $(; $($operands:tt)*)?) => {{
+    ($arg:expr, $from:expr, $to:expr, [$($links:literal),*] $(; $($operands:tt)*)?) => {{
         let (received, sender): (usize, *const Context);
         asm!(
             // Load the target's stack pointer and resume address first, so the loads overlap
@@ -167,9 +169,7 @@ macro_rules! switch_asm {
             "push rax",
             "push rbp",
             "mov [rsi + 8], rsp",
-            $($extra,)*
-            // to.link = our frame, for its trampoline's CFI.
-            "mov [rdx + 16], rsp",
+            $($links,)*
             "mov rsp, rcx",
             "jmp r8",
             // Resumed here by another switch: rdi holds the word it passed, rsi its context.
@@ -210,8 +210,12 @@ pub(crate) unsafe fn switch(arg: usize, from: &Context, to: &Context) -> (usize,
             arg,
             from,
             to,
-            "lea rax, [rip + {terminator}]",
-            "mov [rsi + 16], rax";
+            [
+                // from.link = the terminator; to.link = our frame, for its trampoline's CFI.
+                "lea rax, [rip + {terminator}]",
+                "mov [rsi + 16], rax",
+                "mov [rdx + 16], rsp"
+            ];
             terminator = sym TERMINATOR
         )
     }
@@ -231,7 +235,34 @@ pub(crate) unsafe fn switch_nested(
     to: &Context,
 ) -> (usize, *const Context) {
     // SAFETY: as for `switch`; the caller guarantees strict nesting, so no link goes stale.
-    unsafe { switch_asm!(arg, from, to) }
+    // to.link = our frame, for its trampoline's CFI.
+    unsafe { switch_asm!(arg, from, to, ["mov [rdx + 16], rsp"]) }
+}
+
+/// [`switch`] that writes no link: `from`'s is not reset, and `to`'s is not pointed at us. Two
+/// stores fewer, for switching back to a context that needs neither:
+///
+/// - `to`'s link is already what it should run with: `to` suspended by a [`switch`], which
+///   reset its link to the terminator, or `to` is at no stack's root, where no CFI reads it (a
+///   fiber's record of the context that resumed it). A walk from `to` then stops at its own
+///   root instead of crossing into our frames.
+/// - `from`'s own link may go stale once the frame it names moves on, but no walk reaches it:
+///   walks start on the running stack and follow links, and this switch points none into our
+///   frames. The switch that next resumes us writes it afresh (or, if unlinked too, finds it
+///   the way this one left it: the caller of that one must then know it is right).
+///
+/// # Safety
+///
+/// As for [`switch`], plus the condition on `to`'s link above.
+#[inline(always)]
+pub(crate) unsafe fn switch_unlinked(
+    arg: usize,
+    from: &Context,
+    to: &Context,
+) -> (usize, *const Context) {
+    // SAFETY: as for `switch`; the caller guarantees that `to`'s link is right for it to run
+    // with, and this switch points no link into our frames.
+    unsafe { switch_asm!(arg, from, to, []) }
 }
 
 /// Resumes `to` with `arg` without saving the running context, which is never resumed again.

@@ -964,6 +964,38 @@ pub(super) unsafe fn switch_to<R: 'static>(
     word: usize,
 ) -> (usize, *const Record) {
     // SAFETY: the caller's contract.
+    unsafe { switch_linked_or_not::<R, true>(me, receiver, word) }
+}
+
+/// [`switch_to`] without touching either context's link (see [`arch::switch_unlinked`]): for a
+/// driven greenlet's wait, back to the poller that resumed it.
+///
+/// # Safety
+///
+/// As for [`switch_to`]; besides, `receiver` must have left last by a [`switch_to`] (so its
+/// link is the terminator), and no context's link may point into `me`'s frames once it leaves.
+#[inline(always)]
+pub(super) unsafe fn switch_to_unlinked<R: 'static>(
+    me: *const Record,
+    receiver: *const Record,
+    word: usize,
+) -> (usize, *const Record) {
+    // SAFETY: the caller's contract.
+    unsafe { switch_linked_or_not::<R, false>(me, receiver, word) }
+}
+
+/// The body of [`switch_to`] (`LINKED`) and [`switch_to_unlinked`].
+///
+/// # Safety
+///
+/// As for those two.
+#[inline(always)]
+unsafe fn switch_linked_or_not<R: 'static, const LINKED: bool>(
+    me: *const Record,
+    receiver: *const Record,
+    word: usize,
+) -> (usize, *const Record) {
+    // SAFETY: the caller's contract.
     unsafe {
         // Written only when it changes: a sender about to read it must not wait on a fresh store.
         if (*me).awaiting.get() != type_key::<R>() {
@@ -971,8 +1003,12 @@ pub(super) unsafe fn switch_to<R: 'static>(
         }
         #[cfg(awaitlet_asan)]
         let departure = arch::asan::before_switch((*receiver).stack_bounds.get(), false);
-        let (word, sender) =
-            arch::switch(word, arch::context_below(me), arch::context_below(receiver));
+        let (from, to) = (arch::context_below(me), arch::context_below(receiver));
+        let (word, sender) = if LINKED {
+            arch::switch(word, from, to)
+        } else {
+            arch::switch_unlinked(word, from, to)
+        };
         let origin = arch::above_context::<Record>(sender);
         #[cfg(awaitlet_asan)]
         learn_stack_bounds(origin, arch::asan::after_switch(Some(departure)));

@@ -56,7 +56,8 @@ use std::task::{Context, Poll};
 use super::core::{
     Extra, Payload, Record, RecordRef, State, begin, build_record, current_record,
     current_record_held, discard_panic, final_switch, finish, handle_from_raw, receive_out_of_line,
-    refuse_start, release_finished_held, sender_is_plain, switch_to, transfer_raw,
+    refuse_start, release_finished_held, sender_is_plain, switch_to, switch_to_unlinked,
+    transfer_raw,
 };
 use super::{Greenlet, getcurrent, trace};
 use crate::stack::{Stack, StackError};
@@ -583,8 +584,10 @@ pub(crate) fn await_in_driven<F: Future>(fut: F) -> Result<F::Output, NotAwaited
         // can call for the poller's bookkeeping.
         let word = protocol_word(!trace::is_set());
         // SAFETY: we run; the poller is suspended in `DrivenGreenlet::poll`, awaiting a
-        // `Yielded` (zero-sized: any untagged word), alive while it polls us.
-        let (word, origin) = unsafe { switch_to::<Resume>(me, poller, word) };
+        // `Yielded` (zero-sized: any untagged word), alive while it polls us. It left by the
+        // `switch_to` into us, so its link is the terminator; ours, left as it is, is reached by
+        // no one: no link points into our frames (see `arch::switch_unlinked`).
+        let (word, origin) = unsafe { switch_to_unlinked::<Resume>(me, poller, word) };
         driven.parked.set(false);
         // A 0 from the poller: it checked the trace hook and its own count (rule 43: one left
         // with only its own reference was abandoned, and `settle` kills it) before sending.

@@ -260,3 +260,14 @@ pub(crate) fn abandoned_sender_switches<G: 'static>(guard: G) -> (i32, awaitlet:
     *initiator_slot.borrow_mut() = Some(initiator.clone());
     (initiator.switch::<(), i32>(()).unwrap(), initiator)
 }
+
+/// The symbol names of a captured backtrace's frames (`std::backtrace::Backtrace`'s text), in
+/// order.
+pub(crate) fn frame_names(trace: &str) -> Vec<&str> {
+    trace
+        .lines()
+        .filter_map(|line| line.trim_start().split_once(": "))
+        .filter(|(index, _)| index.chars().all(|c| c.is_ascii_digit()))
+        .map(|(_, name)| name.trim())
+        .collect()
+}
