@@ -242,14 +242,15 @@ pub(crate) unsafe fn switch_nested(
 /// [`switch`] that writes no link: `from`'s is not reset, and `to`'s is not pointed at us. Two
 /// stores fewer, for switching back to a context that needs neither:
 ///
-/// - `to`'s link is already what it should run with: `to` suspended by a [`switch`], which
-///   reset its link to the terminator, or `to` is at no stack's root, where no CFI reads it (a
-///   fiber's record of the context that resumed it). A walk from `to` then stops at its own
-///   root instead of crossing into our frames.
-/// - `from`'s own link may go stale once the frame it names moves on, but no walk reaches it:
-///   walks start on the running stack and follow links, and this switch points none into our
-///   frames. The switch that next resumes us writes it afresh (or, if unlinked too, finds it
-///   the way this one left it: the caller of that one must then know it is right).
+/// - `to`'s link must already be what `to` should run with: the terminator, left by the
+///   [`switch`] with which `to` suspended; or anything, for a `Context` at no stack's root,
+///   which no CFI reads (a fiber's record of the context that resumed it). A walk from `to`
+///   then stops at its own root instead of crossing into our frames.
+/// - `from`'s own link is left as it is, and may go stale once the frame it names moves on. No
+///   walk reaches it: walks start on the running stack and follow links, and none points into
+///   the frames left here, since this switch writes none. Having not suspended by a
+///   [`switch`], `from` cannot be resumed by an unlinked switch (above); a linking one writes
+///   its link afresh.
 ///
 /// # Safety
 ///

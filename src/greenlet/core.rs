@@ -972,8 +972,8 @@ pub(super) unsafe fn switch_to<R: 'static>(
 ///
 /// # Safety
 ///
-/// As for [`switch_to`]; besides, `receiver` must have left last by a [`switch_to`] (so its
-/// link is the terminator), and no context's link may point into `me`'s frames once it leaves.
+/// As for [`switch_to`]; besides, `receiver` must have suspended by a [`switch_to`], which left
+/// its link the terminator (see [`arch::switch_unlinked`]).
 #[inline(always)]
 pub(super) unsafe fn switch_to_unlinked<R: 'static>(
     me: *const Record,
