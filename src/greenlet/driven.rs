@@ -21,11 +21,11 @@
 //! ```
 //!
 //! Nothing crosses a switch but a word that is 0 unless the receiver has bookkeeping to do
-//! ([`SETTLE`]): the poller leaves `cx` in the greenlet's [`Driven`] state before switching in
-//! and clears it when it is back, so `awaitlet` polls with the context of the poll in progress
-//! and never with a stale one. `f`'s result (or panic) is
-//! written to a slot on the greenlet's own stack, beside its record, where the poller reads it
-//! after the final switch.
+//! ([`SETTLE`]): the poller leaves `cx` in the greenlet's record before switching in, and it is
+//! cleared before the poll returns (by `awaitlet`, which suspends with it taken out, or by the
+//! poller once back), so `awaitlet` polls with the context of the poll in progress and never
+//! with a stale one. `f`'s result (or panic) is written to a slot on the greenlet's own stack,
+//! beside its record, where the poller reads it after the final switch.
 //!
 //! # Cancellation
 //!
@@ -258,14 +258,17 @@ impl<'a, R> DrivenGreenlet<'a, R> {
         // `Resume` (zero-sized: any untagged word), and our record reference keeps it alive.
         let (word, origin) = unsafe { switch_to::<Yielded>(me, target, word) };
         driven.poller.set(ptr::null());
+        // A greenlet suspending in `awaitlet` checked the trace hook before sending 0 (see
+        // `SETTLE`), and left the context taken out of its record; a finishing one leaves the
+        // trace hook to us, off its entry function's path.
+        let plain = word == 0 && origin == target;
+        if plain && record.state.get() == State::Active {
+            debug_assert!(record.await_cx.get().is_null());
+            return Poll::Pending;
+        }
         // Taken (null) while the greenlet is inside a future's poll with it.
         let cx_in_use = record.await_cx.replace(ptr::null_mut()).is_null();
-        // A greenlet suspending in `awaitlet` checked the trace hook before sending 0 (see
-        // `SETTLE`); a finishing one leaves that to us, off its entry function's path.
-        if word == 0 && origin == target {
-            if record.state.get() == State::Active {
-                return Poll::Pending;
-            }
+        if plain {
             if trace::is_set() {
                 return self.resumed(word, origin, me, cx_in_use);
             }
@@ -545,8 +548,9 @@ pub(crate) enum NotAwaited {
 /// suspends to the poller while it is pending.
 ///
 /// The poll's context is taken out of the record while `fut` is polled with it, so that an
-/// `awaitlet` inside `fut` finds none (rule 73), and put back afterwards, also when `fut`
-/// panics. Once the greenlet is cancelled, `fut` is polled once with a waker that does nothing:
+/// `awaitlet` inside `fut` finds none (rule 73), and put back when `fut` is ready or panics.
+/// After a `Pending` it stays out: the poller, which would clear it once back, finds it cleared
+/// (with a trace hook set it is put back, and the poller takes it out itself). Once the greenlet is cancelled, `fut` is polled once with a waker that does nothing:
 /// a future ready at once still gives its value (cleanup that need not wait still runs), a
 /// pending one gives [`NotAwaited::Cancelled`].
 ///
@@ -571,18 +575,26 @@ pub(crate) fn await_in_driven<F: Future>(fut: F) -> Result<F::Output, NotAwaited
         // SAFETY: a non-null `await_cx` is the poll in progress's, valid until its poller is
         // back, which (see `DrivenGreenlet::resumed`) cannot happen while it is taken.
         let polled = fut.as_mut().poll(unsafe { &mut *(cx as *mut Context<'_>) });
-        drop(borrowed);
         if let Poll::Ready(output) = polled {
+            drop(borrowed);
             return Ok(output);
+        }
+        // Abandoned we cannot be (the `DrivenGreenlet` holds a reference): only the trace hook
+        // can call for the poller's bookkeeping.
+        let tracing = trace::is_set();
+        if tracing {
+            drop(borrowed);
+        } else {
+            // A plain wait leaves the context taken: the poller, which would take it out
+            // next, finds it so (see `DrivenGreenlet::poll`).
+            std::mem::forget(borrowed);
         }
         // SAFETY: only a driven greenlet's record holds a context to poll with.
         let driven = unsafe { driven_state_unchecked(record) };
         driven.awaited.set(true);
         let poller = driven.poller.get();
         driven.parked.set(true);
-        // Abandoned we cannot be (the `DrivenGreenlet` holds a reference): only the trace hook
-        // can call for the poller's bookkeeping.
-        let word = protocol_word(!trace::is_set());
+        let word = protocol_word(!tracing);
         // SAFETY: we run; the poller is suspended in `DrivenGreenlet::poll`, awaiting a
         // `Yielded` (zero-sized: any untagged word), alive while it polls us. It left by the
         // `switch_to` into us, so its link is the terminator; ours, left as it is, is reached by
@@ -604,7 +616,7 @@ pub(crate) fn await_in_driven<F: Future>(fut: F) -> Result<F::Output, NotAwaited
 }
 
 /// A poll's context taken out of a driven greenlet's record while a future is polled with it;
-/// dropping this (also when the poll panics) puts it back.
+/// dropping this (also when the poll panics) puts it back, and forgetting it leaves it out.
 struct BorrowedContext<'record> {
     record: &'record Record,
     cx: *mut (),
