@@ -550,8 +550,10 @@ pub(crate) enum NotAwaited {
 /// The poll's context is taken out of the record while `fut` is polled with it, so that an
 /// `awaitlet` inside `fut` finds none (rule 73), and put back when `fut` is ready or panics.
 /// After a `Pending` it stays out: the poller, which would clear it once back, finds it cleared
-/// (with a trace hook set it is put back, and the poller takes it out itself). Once the greenlet is cancelled, `fut` is polled once with a waker that does nothing:
-/// a future ready at once still gives its value (cleanup that need not wait still runs), a
+/// (with a trace hook set it is put back, and the poller takes it out itself).
+///
+/// Once the greenlet is cancelled, `fut` is polled once with a waker that does nothing: a
+/// future ready at once still gives its value (cleanup that need not wait still runs), a
 /// pending one gives [`NotAwaited::Cancelled`].
 ///
 /// # Panics
