@@ -721,7 +721,10 @@ fn accepts_fast<T: 'static>(target: &Record, me: *const Record) -> bool {
     // Unstarted or suspended, neither dead nor running: a dead greenlet awaits nothing (its
     // key is null: see `Record::mark_dead`), so the key rules it out, and the running
     // greenlet is `me`.
-    !std::ptr::eq(target, me) && target.awaiting.get() == type_key::<T>()
+    //
+    // A driven greenlet (`async_def`'s) never takes the fast path: only the slow one checks
+    // that it may be resumed at all (see `driven::resumable`).
+    !std::ptr::eq(target, me) && target.awaiting.get() == type_key::<T>() && target.driven.is_none()
 }
 
 /// Where a payload ends up.

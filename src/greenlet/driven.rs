@@ -123,6 +123,8 @@ pub(crate) struct Driven {
     /// The poller last made this greenlet's parent; null once `set_parent` changed it.
     pub(super) parented: Cell<*const Record>,
     cancelled: Cell<bool>,
+    /// The greenlet dropping this one's future, while it throws [`Cancelled`] into it.
+    canceller: Cell<*const Record>,
     /// True once `awaitlet` suspended (for `assert_await_occurs`).
     awaited: Cell<bool>,
     /// True while the greenlet is unstarted or suspended in `awaitlet`: what a poll resumes.
@@ -137,25 +139,47 @@ impl Driven {
             poller: Cell::new(ptr::null()),
             parented: Cell::new(ptr::null()),
             cancelled: Cell::new(false),
+            canceller: Cell::new(ptr::null()),
             awaited: Cell::new(false),
             parked: Cell::new(true),
         }
     }
 }
 
-/// False for a driven greenlet, started or not, that its `AsyncDef` is neither polling nor
-/// dropping: a switch, throw or kill from anywhere else is refused, since `f` may borrow what
-/// the `AsyncDef`'s owner has since freed (after `mem::forget`, say), and a handle to the
-/// greenlet (`getcurrent()` inside `f`, a trace hook's) outlives those borrows. True for every
-/// other greenlet, and for a dead driven one (its frames are gone).
+/// False for a driven greenlet, started or not, that its `AsyncDef` is not polling or dropping
+/// *now*, from frames that will run again: a switch, throw or kill from anywhere else is
+/// refused, since `f` may borrow what the `AsyncDef`'s owner has since freed (after
+/// `mem::forget`, say), and a handle to the greenlet (`getcurrent()` inside `f`, a trace
+/// hook's) outlives those borrows. True for every other greenlet, and for a dead driven one
+/// (its frames are gone).
+///
+/// "Polling or dropping" is not enough on its own: the poll (or drop) may itself be frozen on
+/// a stack that will never run again, because the greenlet running it is a driven greenlet
+/// whose own `AsyncDef` was leaked (its poll panicked, then it was forgotten). So the walk goes
+/// down the chain of drivers (the poller, or the greenlet dropping the future) until it meets a
+/// greenlet whose frames cannot be frozen that way: one that is not driven (main, or a plain
+/// greenlet, whose closure is `'static`), the running greenlet, or a dead one. Every driven
+/// greenlet on the way must be being polled or dropped. See `docs/SOUNDNESS.md`.
 pub(super) fn resumable(record: &Record) -> bool {
-    match &record.driven {
-        None => true,
-        Some(driven) => {
-            record.state.get() == State::Dead
-                || !driven.poller.get().is_null()
-                || driven.cancelled.get()
+    let running = current_record();
+    let mut record = record;
+    loop {
+        let Some(driven) = &record.driven else {
+            return true;
+        };
+        if record.state.get() == State::Dead || ptr::eq(record, running) {
+            return true;
         }
+        let mut driver = driven.poller.get();
+        if driver.is_null() {
+            driver = driven.canceller.get();
+        }
+        if driver.is_null() {
+            return false;
+        }
+        // SAFETY: a driver is suspended in the poll or drop of this greenlet's future (it
+        // clears the field before it returns), so its self-reference keeps its record alive.
+        record = unsafe { &*driver };
     }
 }
 
@@ -426,6 +450,7 @@ fn cancel(record: &RecordRef) {
     }
     let driven = driven_state(record);
     driven.cancelled.set(true);
+    driven.canceller.set(current_record());
     // SAFETY: `record` is alive (the caller's reference).
     let victim = unsafe { handle_from_raw(RecordRef::as_ptr(record)) };
     let original_parent = record.parent.replace(Some(getcurrent()));
@@ -439,6 +464,7 @@ fn cancel(record: &RecordRef) {
             );
         }
     }
+    driven.canceller.set(ptr::null());
     let stand_in = record.parent.replace(original_parent);
     drop(stand_in);
     driven.parented.set(ptr::null());
