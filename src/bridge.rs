@@ -57,6 +57,17 @@
 //! (Python's rule 84). A panic inside the awaited future surfaces in `f` at the `awaitlet`
 //! call, where `f` may catch it and carry on (rule 85).
 //!
+//! A function that is unwinding cannot wait: std's panic count belongs to the thread, so a
+//! function suspended in the middle of an unwind would leave `std::thread::panicking()` true
+//! for every other task on the thread (their `MutexGuard`s would poison mutexes, their
+//! transaction guards would roll back). While `std::thread::panicking()` is true, `awaitlet`
+//! polls its future once: a ready one gives its value, a pending one is dropped and
+//! [`try_awaitlet`] returns `Err(NoAwaitletContext)` (`awaitlet` panics, which inside a
+//! destructor run by the unwind aborts the process, as any panic there does). So a
+//! `BufWriter` over an io adapter that flushes on drop during an unwind writes what it can
+//! without waiting, and fails the rest, as the io adapters document. The same rule holds for
+//! greenlet switches: see [Panics and switches](crate::greenlet#panics-and-switches).
+//!
 //! # Cancellation
 //!
 //! Dropping an `AsyncDef` whose `f` is waiting raises [`Cancelled`] (a panic payload, raised
@@ -343,6 +354,11 @@ fn not_awaited_panic(not_awaited: NotAwaited) -> ! {
     match not_awaited {
         NotAwaited::NoContext => panic!("{NoAwaitletContext}"),
         NotAwaited::Cancelled => std::panic::resume_unwind(Box::new(Cancelled)),
+        NotAwaited::Unwinding => panic!(
+            "awaitlet: awaitlet cannot wait while its function is unwinding from a panic (the \
+             future was pending and is dropped); use try_awaitlet in code that runs during an \
+             unwind, such as a destructor"
+        ),
     }
 }
 

@@ -162,3 +162,138 @@ fn a_frozen_cancellation_on_a_leaked_stack_does_not_let_a_switch_in_after_the_bo
     );
     mem::forget(stashed);
 }
+
+/// Calls `during_unwind` from a destructor while a panic unwinds through it.
+struct OnUnwind<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for OnUnwind<F> {
+    fn drop(&mut self) {
+        assert!(std::thread::panicking());
+        (self.0)();
+    }
+}
+
+#[test]
+fn a_function_unwinding_cannot_wait_so_other_tasks_do_not_see_its_panic() {
+    let waited = Rc::new(Cell::new(None));
+    let seen = Rc::clone(&waited);
+    let mut panicking_task = Box::pin(async_def(move || {
+        let _flush_on_drop = OnUnwind(|| {
+            // As a `BufWriter` over an io adapter does when it flushes on drop.
+            let outcome = awaitlet::try_awaitlet(common::pending_then(1, 5));
+            seen.set(Some(outcome));
+        });
+        panic!("the task fails");
+    }));
+    let lock = std::sync::Mutex::new(0);
+    let lock = &lock;
+    let mut other_task = Box::pin(async_def(move || {
+        awaitlet(common::pending_then(1, ()));
+        let panicking = std::thread::panicking();
+        *lock.lock().unwrap() += 1;
+        panicking
+    }));
+    assert!(poll_once(&mut other_task).is_pending());
+    let failed = catch(|| poll_once(&mut panicking_task));
+    assert_eq!(text(&*failed.unwrap_err()), "the task fails");
+    assert_eq!(waited.get(), Some(Err(awaitlet::NoAwaitletContext)));
+    assert!(!std::thread::panicking());
+    let other = poll_once(&mut other_task);
+    assert_eq!(
+        other,
+        std::task::Poll::Ready(false),
+        "the other task saw a panic in flight"
+    );
+    assert!(!lock.is_poisoned());
+}
+
+#[test]
+fn awaitlet_during_an_unwind_polls_once_and_gives_a_ready_value() {
+    let got = Rc::new(Cell::new(0));
+    let seen = Rc::clone(&got);
+    let mut task = Box::pin(async_def(move || {
+        let _guard = OnUnwind(|| seen.set(awaitlet(std::future::ready(9))));
+        panic!("unwinding");
+    }));
+    assert!(catch(|| poll_once(&mut task)).is_err());
+    assert_eq!(got.get(), 9);
+}
+
+#[test]
+fn a_greenlet_unwinding_cannot_switch_away_so_its_panic_stays_its_own() {
+    let main = getcurrent();
+    let refused = Rc::new(Cell::new(false));
+    let seen = Rc::clone(&refused);
+    let worker = Greenlet::new(move |()| {
+        let _guard = OnUnwind(|| {
+            let outcome = main.switch::<u32, ()>(7);
+            match outcome {
+                Err(awaitlet::SwitchError::Unwinding { value }) => {
+                    assert_eq!(value.downcast_ref::<u32>(), Some(&7));
+                    seen.set(true);
+                }
+                other => panic!("the switch was not refused: {other:?}"),
+            }
+        });
+        panic!("worker fails");
+    });
+    let outcome = catch(|| worker.switch::<(), ()>(()));
+    assert_eq!(text(&*outcome.unwrap_err()), "worker fails");
+    assert!(refused.get());
+    assert!(worker.is_dead());
+    assert!(!std::thread::panicking());
+}
+
+#[test]
+fn a_greenlet_unwinding_cannot_throw_or_kill() {
+    let main = getcurrent();
+    let sleeper = Greenlet::new(move |()| main.switch::<(), ()>(()));
+    sleeper.switch::<(), ()>(()).unwrap();
+    let target = sleeper.clone();
+    let outcomes = Rc::new(RefCell::new(Vec::new()));
+    let seen = Rc::clone(&outcomes);
+    let unwinding = catch(move || {
+        let _guard = OnUnwind(|| {
+            let thrown = target.throw::<()>("stop");
+            let killed = target.kill();
+            seen.borrow_mut().push(matches!(
+                thrown,
+                Err(awaitlet::SwitchError::Unwinding { .. })
+            ));
+            seen.borrow_mut().push(matches!(
+                killed,
+                Err(awaitlet::SwitchError::Unwinding { .. })
+            ));
+        });
+        panic!("main unwinds");
+    });
+    assert!(unwinding.is_err());
+    assert_eq!(*outcomes.borrow(), [true, true]);
+    assert!(sleeper.is_active(), "nothing was thrown into it");
+    sleeper.kill().unwrap();
+    assert!(sleeper.is_dead());
+}
+
+#[test]
+fn a_greenlet_killed_on_drop_cannot_suspend_in_its_cleanup() {
+    // The victim's destructor tries to switch away during the kill's unwind: refused, so the
+    // exit is never thrown into a suspended cleanup (a panic during cleanup, an abort).
+    let main = getcurrent();
+    let tries = Rc::new(Cell::new(0));
+    let seen = Rc::clone(&tries);
+    let victim = Greenlet::new(move |()| {
+        let back = main.clone();
+        let _guard = OnUnwind(move || {
+            seen.set(seen.get() + 1);
+            assert!(matches!(
+                back.switch::<(), ()>(()),
+                Err(awaitlet::SwitchError::Unwinding { .. })
+            ));
+        });
+        let _ = main.switch::<(), ()>(());
+    });
+    victim.switch::<(), ()>(()).unwrap();
+    drop(victim);
+    assert_eq!(tries.get(), 1);
+    assert!(!std::thread::panicking());
+}

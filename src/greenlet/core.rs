@@ -856,6 +856,16 @@ pub(crate) fn transfer_value<T: 'static, R: 'static>(
     raise(transfer_raw::<R>(target, Payload::Value(&value)))
 }
 
+/// The error of a switch or throw made while the running greenlet unwinds (see
+/// [`SwitchError::Unwinding`]): nothing is sent, and `value` comes back.
+#[cold]
+#[inline(never)]
+pub(crate) fn refuse_while_unwinding<T: 'static>(value: T) -> SwitchError {
+    SwitchError::Unwinding {
+        value: Box::new(value),
+    }
+}
+
 /// Moves the `R` an untagged word points at (0 for a zero-sized `R`) out of the sender's frame.
 ///
 /// # Safety

@@ -568,6 +568,8 @@ pub(crate) enum NotAwaited {
     NoContext,
     /// The greenlet's future was dropped, and this future was not ready at once.
     Cancelled,
+    /// The thread is unwinding from a panic, and this future was not ready at once.
+    Unwinding,
 }
 
 /// Waits for `fut` inside the running driven greenlet: polls it with its poller's context and
@@ -606,6 +608,12 @@ pub(crate) fn await_in_driven<F: Future>(fut: F) -> Result<F::Output, NotAwaited
         if let Poll::Ready(output) = polled {
             drop(borrowed);
             return Ok(output);
+        }
+        if std::thread::panicking() {
+            // A function that is unwinding cannot suspend (see `Greenlet`'s "Panics and
+            // switches"): its pending future is given up, as a cancelled wait's is.
+            drop(borrowed);
+            return Err(NotAwaited::Unwinding);
         }
         // Abandoned we cannot be (the `DrivenGreenlet` holds a reference): only the trace hook
         // can call for the poller's bookkeeping.

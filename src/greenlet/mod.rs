@@ -68,6 +68,50 @@
 //! the greenlet (with its stack) is leaked on purpose, as Python's greenlet does. If it keeps a
 //! handle to itself first, it simply lives on.
 //!
+//! # Panics and switches
+//!
+//! Python saves the exception being handled per greenlet (rule 59). Rust cannot: the count of
+//! panics in flight that [`std::thread::panicking`] reads belongs to the thread, and std offers
+//! no way to save or restore it. A greenlet that switched away in the middle of an unwind
+//! would leave it raised for every greenlet that runs next: their `MutexGuard`s would poison
+//! mutexes, their guards would take the panic path, and any later panic would read as a panic
+//! during a panic. So the rule here is: **a greenlet that is unwinding cannot switch away.**
+//! While `std::thread::panicking()` is true, [`switch`](Greenlet::switch) and
+//! [`throw`](Greenlet::throw) (and so [`kill`](Greenlet::kill)) send nothing and return
+//! [`SwitchError::Unwinding`] with what they carried, and `awaitlet` does not suspend (see
+//! the [bridge](crate::bridge#panics)).
+//!
+//! Three transfers still happen during an unwind, because control comes back to the unwinding
+//! greenlet before anything else runs, so the count stays where it belongs: killing a greenlet
+//! on drop (the dropping greenlet is the victim's parent until it dies, and the victim cannot
+//! switch elsewhere meanwhile: it is unwinding too), dropping an `AsyncDef` (the same, with
+//! [`Cancelled`](crate::Cancelled)), and polling an `AsyncDef`, whose function runs as a call
+//! from the poll. Code run that way sees `std::thread::panicking()` true, as any function
+//! called from a destructor during an unwind does.
+//!
+//! ```
+//! use awaitlet::{Greenlet, SwitchError, getcurrent};
+//! use std::panic::{AssertUnwindSafe, catch_unwind};
+//!
+//! struct SwitchOnDrop(Greenlet);
+//! impl Drop for SwitchOnDrop {
+//!     fn drop(&mut self) {
+//!         // Runs during the unwind: the switch is refused, and the value comes back.
+//!         let refused = self.0.switch::<u32, ()>(7);
+//!         assert!(matches!(refused, Err(SwitchError::Unwinding { .. })));
+//!     }
+//! }
+//!
+//! let main = getcurrent();
+//! let worker = Greenlet::new(move |()| {
+//!     let _guard = SwitchOnDrop(main);
+//!     panic!("boom");
+//! });
+//! let outcome = catch_unwind(AssertUnwindSafe(|| worker.switch::<(), ()>(())));
+//! assert!(outcome.is_err()); // the panic reached main, its parent
+//! assert!(!std::thread::panicking());
+//! ```
+//!
 //! # Memory
 //!
 //! A greenlet's record (its state, parent and name) and its closure live at the top of its own
@@ -129,7 +173,7 @@
 //! | 50-51 | [`getcurrent`]; one main greenlet per thread, made lazily | `greenlet_state::getcurrent_is_stable_and_names_the_running_greenlet`, `each_thread_has_its_own_main_greenlet` |
 //! | 52-53 | cross-thread switches: a compile error (`!Send`, compile-fail doctests on [`Greenlet`]) | doctests |
 //! | 55-56 | [`Greenlet::is_dead`], [`Greenlet::is_active`] through the lifecycle | `greenlet_state::lifecycle_flags_at_every_step` |
-//! | 57-59 | frames, `repr`, `exc_info`: Python-specific; `Debug` shows name and state | `greenlet_state::debug_shows_name_and_state` |
+//! | 57-59 | frames, `repr`: Python-specific; `Debug` shows name and state. **Deliberate difference** for `exc_info` (59): std's panic count is per thread and cannot be saved, so a greenlet that is unwinding cannot switch away ([`SwitchError::Unwinding`], see [Panics and switches](#panics-and-switches)), which keeps every other greenlet's `std::thread::panicking()` false | `greenlet_state::debug_shows_name_and_state`; `soundness::a_greenlet_unwinding_cannot_switch_away_so_its_panic_stays_its_own`, `soundness::a_greenlet_unwinding_cannot_throw_or_kill` |
 //! | 60-63 | `contextvars`: no counterpart in Rust (thread-locals are shared by a thread's greenlets) | — |
 //! | 64-66 | [`settrace`]: per thread, returns the previous hook (there is no `gettrace`: the hook is moved in, and `settrace` hands the previous one back); [`TraceEvent::Switch`] / [`TraceEvent::Throw`]; a panicking hook is removed and its panic raised in the target | `greenlet_trace::settrace_returns_the_previous_hook`, `switch_events_for_start_switches_and_return_name_origin_and_target`, `panicking_hook_is_removed_and_its_panic_raised_in_the_resumed_target` |
 //! | 67 | `greenlet.error` cases: compile errors or internal | — |
@@ -308,6 +352,9 @@ impl Greenlet {
     /// ```
     #[inline(always)]
     pub fn switch<T: 'static, R: 'static>(&self, value: T) -> Result<R, SwitchError> {
+        if std::thread::panicking() {
+            return Err(core::refuse_while_unwinding(value));
+        }
         core::transfer_value(self, value)
     }
 
@@ -336,6 +383,9 @@ impl Greenlet {
     /// assert_eq!(said, "caught stop");
     /// ```
     pub fn throw<R: 'static>(&self, payload: impl Any + Send) -> Result<R, SwitchError> {
+        if std::thread::panicking() {
+            return Err(core::refuse_while_unwinding(payload));
+        }
         core::transfer(self, Payload::Panic(Box::new(payload)))
     }
 
@@ -537,6 +587,14 @@ pub enum SwitchError {
     },
     /// A greenlet ended by a [`GreenletExit`] handed it to this switch as its result.
     Exited(GreenletExit),
+    /// The running greenlet is unwinding from a panic ([`std::thread::panicking`]), and a
+    /// greenlet that is unwinding cannot switch away: the thread has one panic count, and every
+    /// greenlet the switch would run next would see it (see [Panics](self#panics-and-switches)).
+    /// Nothing was sent: what the switch or throw carried is here, boxed.
+    Unwinding {
+        /// The value (or, for [`Greenlet::throw`], the payload) that was not sent.
+        value: Box<dyn Any>,
+    },
 }
 
 impl fmt::Debug for SwitchError {
@@ -550,6 +608,7 @@ impl fmt::Debug for SwitchError {
                 .field("found", found)
                 .finish_non_exhaustive(),
             SwitchError::Exited(exit) => f.debug_tuple("Exited").field(exit).finish(),
+            SwitchError::Unwinding { .. } => f.debug_struct("Unwinding").finish_non_exhaustive(),
         }
     }
 }
@@ -566,6 +625,9 @@ impl fmt::Display for SwitchError {
                 )
             }
             SwitchError::Exited(exit) => write!(f, "the greenlet ended by {exit}"),
+            SwitchError::Unwinding { .. } => f.write_str(
+                "a greenlet cannot switch away while it is unwinding from a panic; nothing was sent",
+            ),
         }
     }
 }
