@@ -297,3 +297,50 @@ fn a_greenlet_killed_on_drop_cannot_suspend_in_its_cleanup() {
     assert_eq!(tries.get(), 1);
     assert!(!std::thread::panicking());
 }
+
+/// What the bridge's calls answered from a thread-local's destructor at thread exit.
+static ANSWERS_AT_EXIT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// A thread-local whose destructor calls what must work anywhere: `try_awaitlet`,
+/// `in_async_def` and the io adapters.
+struct AsksAtExit;
+
+impl Drop for AsksAtExit {
+    fn drop(&mut self) {
+        use std::io::{Read, Write};
+        let waited = awaitlet::try_awaitlet(std::future::ready(1));
+        let inside = awaitlet::in_async_def();
+        let mut reader = awaitlet::io::SyncReader::new(futures::io::Cursor::new(vec![1u8, 2]));
+        let read = reader.read(&mut [0; 2]).map_err(|error| error.kind());
+        let mut writer = awaitlet::io::SyncWriter::new(futures::io::Cursor::new(Vec::new()));
+        let written = writer.write_all(b"x").map_err(|error| error.kind());
+        ANSWERS_AT_EXIT.lock().unwrap().push(format!(
+            "{waited:?} {inside} {:?} {:?}",
+            read.map(|_| ()),
+            written
+        ));
+    }
+}
+
+thread_local!(static ASKS_AT_EXIT: AsksAtExit = const { AsksAtExit });
+
+#[test]
+fn the_bridge_answers_from_thread_local_destructors_after_the_greenlets_are_gone() {
+    ANSWERS_AT_EXIT.lock().unwrap().clear();
+    // Touched before the first greenlet use, so its destructor runs after the thread's greenlet
+    // machinery is torn down.
+    std::thread::spawn(|| {
+        ASKS_AT_EXIT.with(|_| {});
+        let value = futures::executor::block_on(async_def(|| awaitlet(std::future::ready(3))));
+        assert_eq!(value, 3);
+    })
+    .join()
+    .expect("the thread exits cleanly");
+    // A thread that never used a greenlet: the calls must not bring the machinery up.
+    std::thread::spawn(|| ASKS_AT_EXIT.with(|_| {}))
+        .join()
+        .expect("the thread exits cleanly");
+    let answers = ANSWERS_AT_EXIT.lock().unwrap().clone();
+    let expected = "Err(NoAwaitletContext) false Err(Other) Err(Other)";
+    assert_eq!(answers, [expected, expected]);
+}

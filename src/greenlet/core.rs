@@ -291,6 +291,19 @@ pub(crate) fn current_record() -> *const Record {
     current
 }
 
+/// The running greenlet, or null when this thread has no greenlet machinery: before its first
+/// use, and once it is torn down at thread exit (in thread-local destructors that run after
+/// it). Never creates the main greenlet, so it is safe to call from any thread-local
+/// destructor.
+#[inline(always)]
+pub(crate) fn running_record_if_any() -> *const Record {
+    let current = SWITCH.with(|switch| switch.current.get());
+    if current.addr() <= EXITED.addr() {
+        return std::ptr::null();
+    }
+    current
+}
+
 /// The running greenlet, for code holding a reference to a record of this thread (references
 /// are `!Send`): it keeps the thread's main greenlet alive through its chain of parents, which
 /// ends there, so [`SWITCH`] has been set and not yet marked [`EXITED`], and the check that

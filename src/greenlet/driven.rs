@@ -56,8 +56,8 @@ use std::task::{Context, Poll};
 use super::core::{
     Extra, Payload, Record, RecordRef, State, begin, build_record, current_record,
     current_record_held, discard_panic, final_switch, finish, handle_from_raw, receive_out_of_line,
-    refuse_start, release_finished_held, sender_is_plain, switch_to, switch_to_unlinked,
-    transfer_raw,
+    refuse_start, release_finished_held, running_record_if_any, sender_is_plain, switch_to,
+    switch_to_unlinked, transfer_raw,
 };
 use super::{Greenlet, getcurrent, trace};
 use crate::stack::{Stack, StackError};
@@ -553,8 +553,13 @@ unsafe fn rebuild<R, F: FnOnce() -> R>(old: &RecordRef, stack: Stack) -> RecordR
 /// and not inside a future that `awaitlet` is polling (where, as in Python, the code runs on
 /// behalf of the poller and cannot wait).
 pub(crate) fn in_driven() -> bool {
+    let running = running_record_if_any();
+    if running.is_null() {
+        // No greenlet machinery on this thread (yet, or any more): no `async_def` runs.
+        return false;
+    }
     // SAFETY: the running greenlet's record is alive.
-    let record = unsafe { &*current_record() };
+    let record = unsafe { &*running };
     record.driven.as_ref().is_some_and(|driven| {
         let polling_a_future = record.await_cx.get().is_null() && !driven.poller.get().is_null();
         !polling_a_future
@@ -590,7 +595,12 @@ pub(crate) enum NotAwaited {
 /// greenlet runs outside its future's poll (resumed by a greenlet switch).
 #[inline(always)]
 pub(crate) fn await_in_driven<F: Future>(fut: F) -> Result<F::Output, NotAwaited> {
-    let me = current_record();
+    let me = running_record_if_any();
+    if me.is_null() {
+        // No greenlet machinery on this thread (yet, or any more, in a thread-local's
+        // destructor at thread exit): not inside `async_def`.
+        return Err(NotAwaited::NoContext);
+    }
     // SAFETY: the running greenlet's record is alive as long as it runs.
     let record = unsafe { &*me };
     let mut cx = record.await_cx.get();
