@@ -49,7 +49,11 @@
 //! thing sets it apart: only its `AsyncDef` resumes it. Between polls, `f` may borrow what the
 //! `AsyncDef`'s owner has since freed (an `AsyncDef` may be leaked with `mem::forget`), so a
 //! switch, throw or kill into it from anywhere else (through a handle `getcurrent()` gave out
-//! inside `f`, or a trace hook's) panics and changes nothing.
+//! inside `f`, or a trace hook's) panics and changes nothing. A greenlet that `f` started and
+//! that finishes between polls (something else switched into it) cannot hand its result to
+//! `f` either: the result is dropped, and a panic saying so goes to `f`'s parent instead (the
+//! greenlet that last polled the `AsyncDef`), where it is raised at that greenlet's pending
+//! switch.
 //!
 //! # Panics
 //!

@@ -36,6 +36,15 @@ impl Drop for Watched {
     }
 }
 
+/// Sets its flag when dropped.
+struct DropFlag(Rc<Cell<bool>>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.set(true);
+    }
+}
+
 /// What a function borrowing a [`Watched`] saw each time it ran.
 #[derive(Default)]
 struct Sightings {
@@ -343,4 +352,36 @@ fn the_bridge_answers_from_thread_local_destructors_after_the_greenlets_are_gone
     let answers = ANSWERS_AT_EXIT.lock().unwrap().clone();
     let expected = "Err(NoAwaitletContext) false Err(Other) Err(Other)";
     assert_eq!(answers, [expected, expected]);
+}
+
+#[test]
+fn a_child_of_an_async_def_function_finishing_between_polls_panics_in_the_grandparent() {
+    // The function starts a plain child greenlet and waits; between polls, main switches into
+    // the child, which finishes. Its parent (the function) may not be resumed, so the result
+    // cannot go there: main's switch panics, saying why, and the process goes on.
+    let child_slot: Stash = Rc::default();
+    let slot = Rc::clone(&child_slot);
+    let dropped = Rc::new(Cell::new(false));
+    let dropped_inside = Rc::clone(&dropped);
+    let mut task = Box::pin(async_def(move || {
+        let function = getcurrent();
+        let child = Greenlet::new(move |()| {
+            let _ = function.switch::<(), ()>(());
+            DropFlag(dropped_inside)
+        });
+        child.switch::<(), ()>(()).unwrap();
+        *slot.borrow_mut() = Some(child);
+        awaitlet(common::pending_then(1, 5))
+    }));
+    assert!(poll_once(&mut task).is_pending());
+    let child = child_slot.borrow_mut().take().unwrap();
+    let outcome = catch(|| child.switch::<(), ()>(()));
+    let message = text(&*outcome.expect_err("main's switch panics"));
+    assert!(
+        message.contains("between polls of its AsyncDef"),
+        "{message}"
+    );
+    assert!(dropped.get(), "the undeliverable result was dropped");
+    assert!(child.is_dead());
+    assert_eq!(poll_once(&mut task), std::task::Poll::Ready(5));
 }

@@ -754,7 +754,13 @@ enum Destination {
 /// Walks from `target` to the greenlet that actually receives `payload`: dead greenlets pass it
 /// to their parents; unstarted ones start if it is a value of their argument type, and
 /// otherwise die without running, passing the payload (or the error it became) on upward.
-fn resolve(target: &Greenlet, payload: &mut Payload) -> Destination {
+///
+/// A greenlet that may not be resumed ([`resumable`]) refuses the payload. For a switch that
+/// is the end of the walk ([`Destination::Refused`]: the switch panics). For a greenlet that
+/// has finished (`finishing`), which cannot panic, it is not: the refused greenlet is passed
+/// over like a dead one, and what goes on upward is a panic saying so (see
+/// [`refused_result`]), since its result had nowhere to go.
+fn resolve(target: &Greenlet, payload: &mut Payload, finishing: bool) -> Destination {
     let mut target = target.clone();
     let mut direct = true;
     loop {
@@ -763,6 +769,7 @@ fn resolve(target: &Greenlet, payload: &mut Payload) -> Destination {
             State::Active if RecordRef::as_ptr(&target.record) == current_record() => {
                 return Destination::Here;
             }
+            _ if !resumable(record) && finishing => refused_result(&target, payload),
             _ if !resumable(record) => return Destination::Refused,
             State::Active => return Destination::There(RecordRef::as_ptr(&target.record)),
             State::Dead => {
@@ -813,6 +820,36 @@ fn resolve(target: &Greenlet, payload: &mut Payload) -> Destination {
         direct = false;
         let parent = record.parent.borrow().clone();
         target = parent.expect("the main greenlet is never dead nor unstarted");
+    }
+}
+
+/// A finished greenlet's result met `refuser`, which may not be resumed (a greenlet running an
+/// `async_def` function between polls of its `AsyncDef`): the result is dropped (a panic its
+/// drop raises is discarded, as a kill's is), and a panic naming the problem takes its place,
+/// to go on to `refuser`'s nearest ancestor that can take it.
+#[cold]
+fn refused_result(refuser: &Greenlet, payload: &mut Payload) {
+    let taken = std::mem::replace(
+        payload,
+        Payload::Panic(Box::new(format!(
+            "awaitlet: a greenlet finished while its parent, {refuser:?}, was running an \
+             async_def function between polls of its AsyncDef; {REFUSED}, so the result was \
+             dropped and this panic went on to the parent's parent"
+        ))),
+    );
+    // SAFETY: a value in the payload is still in place (nothing took it yet).
+    let dropped = catch_unwind(AssertUnwindSafe(|| {
+        match unsafe { taken.into_boxed_value() } {
+            Ok((value, _)) => drop(value),
+            Err(Payload::Panic(panic)) => discard_panic(panic),
+            Err(other) => drop(other),
+        }
+    }));
+    if let Err(panic) = dropped {
+        discard_panic(panic);
+        eprintln!(
+            "awaitlet: dropping a greenlet's undeliverable result panicked; the panic was discarded"
+        );
     }
 }
 
@@ -931,7 +968,7 @@ fn raise<R>(received: Received<R>) -> Result<R, SwitchError> {
 #[inline(always)]
 pub(crate) fn transfer_raw<R: 'static>(target: &Greenlet, mut payload: Payload) -> Received<R> {
     let me = current_record_held(&target.record);
-    match resolve(target, &mut payload) {
+    match resolve(target, &mut payload, false) {
         Destination::Here => {
             let event = payload.event();
             // SAFETY: nothing has touched the payload's value.
@@ -1411,18 +1448,10 @@ fn deliver_from_finished(
     mut payload: Payload,
     message: &mut Option<Message>,
 ) -> (usize, *const Record) {
-    let receiver = match resolve(parent, &mut payload) {
+    let receiver = match resolve(parent, &mut payload, true) {
         Destination::There(receiver) => receiver,
         Destination::Here => unreachable!("a finished greenlet is not running"),
-        Destination::Refused => {
-            // Nothing can unwind here, and the payload has nowhere else to go.
-            eprintln!(
-                "awaitlet: a greenlet finished while its result's receiver was a greenlet \
-                 running an async_def function that its AsyncDef was not polling; {REFUSED}. \
-                 Aborting"
-            );
-            std::process::abort()
-        }
+        Destination::Refused => unreachable!("a finished greenlet's walk passes over refusers"),
     };
     (message.insert(Message::new(payload)).word(), receiver)
 }
