@@ -385,3 +385,16 @@ fn a_child_of_an_async_def_function_finishing_between_polls_panics_in_the_grandp
     assert!(child.is_dead());
     assert_eq!(poll_once(&mut task), std::task::Poll::Ready(5));
 }
+
+#[test]
+fn a_misused_poll_names_public_concepts_only() {
+    let main = getcurrent();
+    let mut task = Box::pin(async_def(move || {
+        let _ = main.switch::<u32, ()>(7);
+    }));
+    let message = text(&*catch(|| poll_once(&mut task)).unwrap_err());
+    assert!(message.contains("a value of type u32"), "{message}");
+    for private in ["driven", "Yielded", "Resume", "core::", "Record"] {
+        assert!(!message.contains(private), "names {private}: {message}");
+    }
+}

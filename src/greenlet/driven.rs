@@ -395,7 +395,8 @@ impl<'a, R> DrivenGreenlet<'a, R> {
             Err(Ok(panic)) => resume_unwind(panic),
             Err(Err(error)) => panic!(
                 "awaitlet: the greenlet polling an AsyncDef was resumed by a greenlet switch, \
-                 not by the AsyncDef's function: {error}"
+                 not by the AsyncDef's function ({})",
+                what_arrived(&error)
             ),
         }
         if self.record.state.get() == State::Dead {
@@ -691,8 +692,19 @@ fn resumed_otherwise(received: super::core::Received<Resume>) {
         Err(Ok(panic)) => resume_unwind(panic),
         Err(Err(error)) => panic!(
             "awaitlet: a greenlet waiting in awaitlet was resumed by a greenlet switch instead \
-             of its AsyncDef's poll: {error}"
+             of its AsyncDef's poll ({})",
+            what_arrived(&error)
         ),
+    }
+}
+
+/// What a switch that resumed one end of the bridge's protocol delivered, in public terms (the
+/// protocol's own value types are private, so the switch's error would name them).
+fn what_arrived(error: &super::SwitchError) -> String {
+    match error {
+        super::SwitchError::WrongType { found, .. } => format!("it sent a value of type {found}"),
+        super::SwitchError::Exited(exit) => format!("it delivered {exit}"),
+        _ => "it delivered nothing".to_string(),
     }
 }
 
