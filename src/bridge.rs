@@ -97,6 +97,11 @@
 //!   `Cancelled` is thrown into `f` again, until `f` has finished. `drop` never returns while
 //!   `f`'s frames exist.
 //!
+//! In a build that aborts on panic (`panic = "abort"`), `Cancelled` cannot unwind anything:
+//! dropping a pending `AsyncDef` leaves `f` suspended for good and leaks its stack, with one
+//! line on stderr; `f`'s destructors do not run. Nothing can resume it (only its `AsyncDef`
+//! could), so this is as sound as `mem::forget` of the `AsyncDef`.
+//!
 //! # Threads and executors
 //!
 //! `AsyncDef` is `!Send`: a suspended stack can hold thread-local references and `!Send`

@@ -111,7 +111,8 @@ impl Suspender {
 /// A closure running on its own stack (see the [module docs](self)).
 pub struct Fiber<F> {
     shared: NonNull<Shared>,
-    stack: Stack,
+    /// Dropped by hand: a fiber that cannot be unwound (`panic = "abort"`) leaks it.
+    stack: std::mem::ManuallyDrop<Stack>,
     _closure: PhantomData<F>,
 }
 
@@ -155,7 +156,7 @@ impl<F: FnOnce(&Suspender, usize) -> usize> Fiber<F> {
         Fiber {
             // SAFETY: just written, non-null.
             shared: unsafe { NonNull::new_unchecked(shared as *mut Shared) },
-            stack,
+            stack: std::mem::ManuallyDrop::new(stack),
             _closure: PhantomData,
         }
     }
@@ -216,18 +217,35 @@ impl<F> Fiber<F> {
     }
 
     /// Finishes the fiber (unwinding it if suspended) and gives its stack back.
+    ///
+    /// # Panics
+    ///
+    /// Aborts the process, with a message, for a suspended fiber in a build that aborts on
+    /// panic (`panic = "abort"`): its frames cannot be unwound, so its stack cannot be given.
     pub fn into_stack(mut self) -> Stack {
-        self.finish();
+        if !self.finish() {
+            eprintln!(
+                "awaitlet: a suspended fiber's stack was asked for, but this build aborts on \
+                 panic (panic = \"abort\") and cannot unwind the fiber: aborting"
+            );
+            std::process::abort();
+        }
         let this = std::mem::ManuallyDrop::new(self);
         // SAFETY: `this` is never used nor dropped again; the stack is moved out once.
-        unsafe { std::ptr::read(&this.stack) }
+        std::mem::ManuallyDrop::into_inner(unsafe { std::ptr::read(&this.stack) })
     }
 
     /// Brings the fiber to a finished state: drops an unstarted closure, unwinds a suspended one.
-    fn finish(&mut self) {
+    ///
+    /// False, having done nothing, for a suspended fiber in a build that aborts on panic
+    /// (`panic = "abort"`): it cannot be unwound.
+    fn finish(&mut self) -> bool {
         let shared = self.shared();
         match shared.state.get() {
             State::Returned | State::Panicked => {}
+            State::Live if shared.closure.get().is_null() && cfg!(panic = "abort") => {
+                return false;
+            }
             State::Live if !shared.closure.get().is_null() => {
                 shared.state.set(State::Returned);
                 // SAFETY: the closure was written by `new` and never moved out (never started).
@@ -251,6 +269,7 @@ impl<F> Fiber<F> {
                 }
             }
         }
+        true
     }
 }
 
@@ -258,9 +277,16 @@ impl<F> Drop for Fiber<F> {
     #[inline]
     fn drop(&mut self) {
         // A finished fiber, the usual case, leaves nothing to do but return its stack.
-        if !self.is_finished() {
-            self.finish();
+        if !self.is_finished() && !self.finish() {
+            // Sound: nothing can resume the fiber once its owner is gone, as after `mem::forget`.
+            eprintln!(
+                "awaitlet: a suspended fiber was dropped, but this build aborts on panic \
+                 (panic = \"abort\") and cannot unwind it: its stack is leaked"
+            );
+            return;
         }
+        // SAFETY: the stack is dropped once, here, and the fiber's frames are gone.
+        unsafe { std::mem::ManuallyDrop::drop(&mut self.stack) }
     }
 }
 

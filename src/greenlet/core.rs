@@ -959,9 +959,34 @@ pub(crate) fn transfer<R: 'static>(target: &Greenlet, payload: Payload) -> Resul
 fn raise<R>(received: Received<R>) -> Result<R, SwitchError> {
     match received {
         Ok(value) => Ok(value),
-        Err(Ok(panic)) => resume_unwind(panic),
+        Err(Ok(panic)) => raise_delivered(panic),
         Err(Err(error)) => Err(error),
     }
+}
+
+/// Raises, in the running greenlet, a panic delivered to it by a switch: thrown into it, or
+/// propagated from a child. A build that aborts on panic (`panic = "abort"`) cannot unwind, and
+/// `resume_unwind` would end the process without a word: this says what arrived first.
+#[cold]
+pub(crate) fn raise_delivered(panic: Box<dyn Any + Send>) -> ! {
+    if cfg!(panic = "abort") {
+        let what = if let Some(text) = panic.downcast_ref::<&str>() {
+            format!("a panic ({text})")
+        } else if let Some(text) = panic.downcast_ref::<String>() {
+            format!("a panic ({text})")
+        } else if let Some(exit) = panic.downcast_ref::<GreenletExit>() {
+            format!("a {exit}")
+        } else {
+            "a panic".to_string()
+        };
+        eprintln!(
+            "awaitlet: {what} was delivered to {:?} by a throw or a kill, but this build aborts \
+             on panic (panic = \"abort\") and cannot unwind it: aborting",
+            super::getcurrent()
+        );
+        std::process::abort();
+    }
+    resume_unwind(panic)
 }
 
 /// [`transfer`], handing a received panic back instead of raising it.
@@ -1243,7 +1268,19 @@ unsafe fn kill_abandoned_sender(record: *const Record) {
 
 /// Kill on drop: throws `GreenletExit` into `victim`, whose last handle is being dropped, with
 /// the dropping greenlet as its parent for the duration (rules 32-39).
+///
+/// In a build that aborts on panic (`panic = "abort"`) nothing can unwind: the victim is
+/// leaked instead, with one line on stderr. That is sound for the reason `mem::forget` of a
+/// handle is: the victim's frames stay where they are, on a stack that is never freed.
 pub(crate) fn kill_abandoned(victim: &Greenlet) {
+    if cfg!(panic = "abort") {
+        eprintln!(
+            "awaitlet: the last handle to {victim:?} was dropped, but this build aborts on panic \
+             (panic = \"abort\") and cannot unwind it: it is leaked, with its stack"
+        );
+        std::mem::forget(victim.clone());
+        return;
+    }
     let killer = super::getcurrent();
     let original_parent = victim.record.parent.replace(Some(killer));
     let exit = Payload::Panic(Box::new(GreenletExit::vanished()));

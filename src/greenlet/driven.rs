@@ -55,9 +55,9 @@ use std::task::{Context, Poll};
 
 use super::core::{
     Extra, Payload, Record, RecordRef, State, begin, build_record, current_record,
-    current_record_held, discard_panic, final_switch, finish, handle_from_raw, receive_out_of_line,
-    refuse_start, release_finished_held, running_record_if_any, sender_is_plain, switch_to,
-    switch_to_unlinked, transfer_raw,
+    current_record_held, discard_panic, final_switch, finish, handle_from_raw, raise_delivered,
+    receive_out_of_line, refuse_start, release_finished_held, running_record_if_any,
+    sender_is_plain, switch_to, switch_to_unlinked, transfer_raw,
 };
 use super::{Greenlet, getcurrent, trace};
 use crate::stack::{Stack, StackError};
@@ -392,7 +392,7 @@ impl<'a, R> DrivenGreenlet<'a, R> {
                 "awaitlet: the greenlet polling an AsyncDef was resumed by another greenlet's \
                  end, not by the AsyncDef's function"
             ),
-            Err(Ok(panic)) => resume_unwind(panic),
+            Err(Ok(panic)) => raise_delivered(panic),
             Err(Err(error)) => panic!(
                 "awaitlet: the greenlet polling an AsyncDef was resumed by a greenlet switch, \
                  not by the AsyncDef's function ({})",
@@ -448,6 +448,18 @@ fn cancel(record: &RecordRef) {
              borrow what the drop may free, so it can neither go on nor unwind: aborting"
         );
         std::process::abort();
+    }
+    if cfg!(panic = "abort") {
+        // Nothing can unwind: the function stays suspended forever, and its stack with it.
+        // Sound for the reason `mem::forget` of the `AsyncDef` is: nothing polls or drops it
+        // any more, so nothing may resume it (see `resumable`), and its stack is never freed.
+        eprintln!(
+            "awaitlet: an AsyncDef was dropped while its function was waiting, but this build \
+             aborts on panic (panic = \"abort\") and cannot unwind the function: it is leaked, \
+             with its stack, and never runs again"
+        );
+        std::mem::forget(record.clone());
+        return;
     }
     let driven = driven_state(record);
     driven.cancelled.set(true);
@@ -689,7 +701,7 @@ impl Drop for BorrowedContext<'_> {
 fn resumed_otherwise(received: super::core::Received<Resume>) {
     match received {
         Ok(Resume) => {}
-        Err(Ok(panic)) => resume_unwind(panic),
+        Err(Ok(panic)) => raise_delivered(panic),
         Err(Err(error)) => panic!(
             "awaitlet: a greenlet waiting in awaitlet was resumed by a greenlet switch instead \
              of its AsyncDef's poll ({})",

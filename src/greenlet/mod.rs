@@ -68,6 +68,15 @@
 //! the greenlet (with its stack) is leaked on purpose, as Python's greenlet does. If it keeps a
 //! handle to itself first, it simply lives on.
 //!
+//! In a build that aborts on panic (`panic = "abort"`), nothing can be unwound. Dropping the
+//! last handle to a suspended greenlet (at thread exit too) then leaks it, with its stack, and
+//! writes one line to stderr; its destructors do not run. That is sound for the reason
+//! `mem::forget` is: its frames stay where they are, on memory that is never freed. An
+//! explicit [`throw`](Greenlet::throw) or [`kill`](Greenlet::kill) into a suspended greenlet
+//! would have to unwind it: the process aborts, after a line that names what was delivered
+//! and where. The crate learns the strategy from `cfg(panic = "abort")`, which Cargo sets for
+//! every crate of a build whose profile says `panic = "abort"`.
+//!
 //! # Panics and switches
 //!
 //! Python saves the exception being handled per greenlet (rule 59). Rust cannot: the count of
