@@ -104,10 +104,39 @@
 //!
 //! # Threads and executors
 //!
-//! `AsyncDef` is `!Send`: a suspended stack can hold thread-local references and `!Send`
-//! values that no type can describe, so it must stay on the thread that created it. It needs
-//! no particular executor: any that can poll a `!Send` future works. On multi-threaded
-//! runtimes:
+//! `AsyncDef` is `!Send`: a suspended stack can hold `!Send` values and thread-local
+//! addresses that no type can describe (the compiler may keep a thread-local's address across
+//! the call that suspends), so it must stay on the thread that created it. Asked for a `Send`
+//! future, the compiler says so by naming [`StaysOnItsThread`]. It needs no particular
+//! executor: any that can poll a `!Send` future works.
+//!
+//! From a `Send` context (a task of `tokio::spawn` on a multi-threaded runtime, an axum
+//! handler), the route is tokio-util's `LocalPoolHandle::spawn_pinned`: its function runs on
+//! a pool thread that stays put and creates the `AsyncDef` there, and the `JoinHandle` that
+//! comes back is `Send`. The pool threads run tokio, so `f` can await tokio's timers, sockets
+//! and channels:
+//!
+//! ```
+//! use awaitlet::{async_def, awaitlet};
+//! use tokio_util::task::LocalPoolHandle;
+//!
+//! fn slow_double(n: u32) -> u32 {
+//!     awaitlet(tokio::time::sleep(std::time::Duration::from_millis(1)));
+//!     n * 2
+//! }
+//!
+//! #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+//! async fn main() {
+//!     let pool = LocalPoolHandle::new(2);
+//!     // A task of the multi-threaded runtime: it may move between workers, so it must be Send.
+//!     let task = tokio::spawn(async move {
+//!         pool.spawn_pinned(|| async_def(|| slow_double(21))).await.unwrap()
+//!     });
+//!     assert_eq!(task.await.unwrap(), 42);
+//! }
+//! ```
+//!
+//! Elsewhere:
 //!
 //! - tokio: spawn it with `tokio::task::spawn_local` inside a `LocalSet` (on a current-thread
 //!   runtime, or a `LocalSet` driven from a multi-threaded one), or run it with `block_on` of
@@ -146,7 +175,7 @@
 //!
 //! | Rules | In Rust | Checked by |
 //! |---|---|---|
-//! | 68 (module surface, `__version__`, helper submodules) | the crate root re-exports [`async_def`], [`awaitlet`], [`NoAwaitletContext`] and [`NoAwaitOccurred`], with [`AsyncDef`], [`AssertAwaitOccurs`], [`Cancelled`], [`try_awaitlet`] and [`in_async_def`]; the version is the crate's; the typing and testing helpers have no counterpart | — |
+//! | 68 (module surface, `__version__`, helper submodules) | the crate root re-exports [`async_def`], [`awaitlet`], [`NoAwaitletContext`] and [`NoAwaitOccurred`], with [`AsyncDef`], [`AssertAwaitOccurs`], [`StaysOnItsThread`], [`Cancelled`], [`try_awaitlet`] and [`in_async_def`]; the version is the crate's; the typing and testing helpers have no counterpart | — |
 //! | 69-70 | [`async_def`]`(f)` takes a closure `f: FnOnce() -> R` and returns an [`AsyncDef`], a future of `R`; the keyword argument is the method [`AsyncDef::assert_await_occurs`]. [`awaitlet`]`(fut)` takes any [`IntoFuture`] and returns its output | doctests on [`async_def`], [`awaitlet`], [`AsyncDef::assert_await_occurs`] |
 //! | 71 | [`NoAwaitletContext`] and [`NoAwaitOccurred`]: unit structs implementing `std::error::Error`, with Python's messages. [`awaitlet`] panics with [`NoAwaitletContext`]'s message (the payload is the message) and [`try_awaitlet`] returns the struct; [`NoAwaitOccurred`] is the `Err` of an [`AssertAwaitOccurs`] | `bridge::awaitlet_outside_async_def_panics_with_pythons_message`, `assert_await_occurs_fails_only_when_the_function_never_waited`; `io::futures_io_adapters::outside_async_def_every_call_is_an_error_wrapping_no_awaitlet_context` |
 //! | 72 | not exported by Python: no counterpart. A cancellation is told by its payload type (`payload.is::<Cancelled>()`), and `f` runs on an ordinary [`Greenlet`](crate::Greenlet) (rule 79) | — |
@@ -171,7 +200,7 @@
 //! | 91 | whatever drops a pending [`AsyncDef`] cancels it as above: Python's `close()` is `drop`, and [`AsyncDef`]s left in locals and thread-locals when their thread exits see [`Cancelled`] once. A function that catches it and waits again gets [`Cancelled`] again; one that switches elsewhere is cancelled again when control comes back; `drop` neither returns while `f`'s frames exist nor panics (a panic `f` ends with is discarded), where Python's `close()` raises `RuntimeError` | `thread_stress::threads_run_their_own_greenlets_and_bridges_and_exit_with_them_suspended`; `bridge_cancel::after_cancellation_awaitlet_raises_cancelled_again_unless_the_future_is_ready_at_once`, `a_function_that_switches_away_while_cancelled_is_cancelled_again_when_control_returns`; `bridge_misuse::a_panic_after_the_function_caught_cancelled_is_discarded_by_the_drop` |
 //! | 92 | [`AsyncDef`]s joined in one task or spawned as local tasks interleave exactly as plain futures do at their real suspension points: round-robin at yields, a token passed around a ring, all suspended at once at a barrier; a wake from another thread resumes them | `bridge_executors::tokio_current_thread_yields_interleave_async_defs_round_robin`, `tokio_local_set_tasks_take_turns_at_yields`, `smol_yields_interleave_joined_async_defs_round_robin`, `async_std_yields_interleave_joined_async_defs_round_robin`, `futures_block_on_yields_interleave_joined_async_defs_round_robin`, `futures_local_pool_tasks_take_turns_at_yields`, `pollster_yields_interleave_joined_async_defs_round_robin`, `pollster_passes_a_token_around_a_ring_of_joined_async_defs`, `tokio_current_thread_async_defs_meet_at_a_barrier_then_sleep`, `futures_block_on_resumes_async_defs_woken_from_another_thread`; `bridge_storm::tokio_cancellation_storm_drops_every_guard_once_and_returns_every_stack`, `smol_cancellation_storm_drops_every_guard_once_and_returns_every_stack` |
 //! | 93 | `awaitlet(async_def(inner))` nests to any depth, and dropping the outer one cancels innermost first. Unlike Python, the inner greenlet's parent is the outer `f`'s greenlet, which polls it, not the executor's; plain calls inside `f` share its greenlet | `bridge::nested_async_defs_work_to_any_depth`; `bridge_cancel::nested_async_defs_are_cancelled_innermost_first` |
-//! | 94 | any thread that runs an executor; [`AsyncDef`] is `!Send` and `!Sync`, so it stays on the thread that made it: from a multi-threaded runtime, use a `LocalSet`, `spawn_blocking` with a current-thread runtime, or a thread of its own (see [Threads and executors](self#threads-and-executors)) | `bridge_executors::async_def_futures_are_not_send_while_the_values_they_carry_may_be`, `a_local_set_in_a_multi_thread_runtime_runs_async_defs_that_await_tasks_on_the_workers`, `spawn_blocking_runs_async_defs_on_its_own_current_thread_runtime_for_a_multi_thread_caller`, `a_std_thread_runs_async_defs_with_futures_block_on_for_a_multi_thread_caller`, `a_local_set_per_worker_thread_serves_requests_from_a_multi_thread_runtime`; `thread_stress::threads_run_their_own_greenlets_and_bridges_and_exit_with_them_suspended`; doctest on [`AsyncDef`] (compile_fail) |
+//! | 94 | any thread that runs an executor; [`AsyncDef`] is `!Send` and `!Sync`, so it stays on the thread that made it, and a `Send` bound on it fails to compile naming [`StaysOnItsThread`] first: from a multi-threaded runtime, use tokio-util's `LocalPoolHandle::spawn_pinned`, a `LocalSet`, `spawn_blocking` with a current-thread runtime, or a thread of its own (see [Threads and executors](self#threads-and-executors)) | doctest in [Threads and executors](self#threads-and-executors) (`spawn_pinned`); `bridge_executors::async_def_futures_are_not_send_while_the_values_they_carry_may_be`, `a_local_set_in_a_multi_thread_runtime_runs_async_defs_that_await_tasks_on_the_workers`, `spawn_blocking_runs_async_defs_on_its_own_current_thread_runtime_for_a_multi_thread_caller`, `a_std_thread_runs_async_defs_with_futures_block_on_for_a_multi_thread_caller`, `a_local_set_per_worker_thread_serves_requests_from_a_multi_thread_runtime`; `thread_stress::threads_run_their_own_greenlets_and_bridges_and_exit_with_them_suspended`; doctests on [`AsyncDef`], [`AssertAwaitOccurs`] and [`StaysOnItsThread`] (compile_fail) |
 //! | 95 | contextvars have no single counterpart. `f` runs inside the executor's poll, on the poller's thread, so what the task set is visible in `f` across waits: thread-locals, tokio task-locals, the current `tracing` span (a span `f` enters is its child); separate tasks keep their own values, and a task-local scope awaited inside `f` shadows the outer value until it ends. A task-local is set only by a scope, so a value `f` leaves for the task goes in a thread-local or a shared cell | `bridge_executors::a_task_local_set_by_the_outer_task_is_visible_in_the_sync_code_across_waits`, `a_task_local_scope_awaited_inside_the_sync_code_shadows_the_outer_one_until_it_ends`, `the_span_entered_by_the_outer_task_is_current_in_the_sync_code_across_waits` |
 //!
 //! SQLAlchemy's variants (rules 96-102) need no rows of their own. `greenlet_spawn` with
@@ -195,6 +224,7 @@
 
 use std::fmt;
 use std::future::{Future, IntoFuture};
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -228,20 +258,72 @@ pub use crate::greenlet::Cancelled;
 #[track_caller]
 pub fn async_def<'a, R, F: FnOnce() -> R + 'a>(f: F) -> AsyncDef<'a, R> {
     match DrivenGreenlet::new(f, DEFAULT_STACK_SIZE) {
-        Ok(greenlet) => AsyncDef { greenlet },
+        Ok(greenlet) => AsyncDef {
+            _stays_on_its_thread: PhantomData,
+            greenlet,
+        },
         Err(error) => panic!("awaitlet: cannot get a stack for async_def: {error}"),
     }
 }
 
-/// The future made by [`async_def`]: polling it runs the function until it waits on a pending
-/// future or returns. `Unpin`, `!Send` and `!Sync`.
+/// Why an [`AsyncDef`] cannot be sent to another thread: the type the compiler names when a
+/// `Send` future is asked for, as in `tokio::spawn(async_def(..))` on a multi-threaded runtime.
 ///
-/// ```compile_fail
+/// [`AsyncDef`] and [`AssertAwaitOccurs`] are `!Send` on purpose, and hold a
+/// `PhantomData<*const StaysOnItsThread>` to say so. Their function runs on a stack of its own,
+/// and while it waits that stack is suspended with whatever the function's frames hold:
+/// `!Send` values (`Rc`, `RefCell` borrows, `MutexGuard`s) that no type can describe, and the
+/// addresses of the thread's thread-locals, which the compiler may keep across the call that
+/// suspends. Resumed on another thread, that code would share an `Rc` across threads and read
+/// the first thread's thread-locals. No `unsafe impl Send` can make that sound, so the future
+/// stays on the thread that created it. This type is never constructed: it is only a name.
+///
+/// From a `Send` context (a task of `tokio::spawn` on a multi-threaded runtime, an axum
+/// handler), create the future on a thread that stays put and carry its output back:
+///
+/// - tokio: tokio-util's `LocalPoolHandle::spawn_pinned(|| async_def(..))`: the function that
+///   creates the future runs on a pool thread and the future never leaves it, while the
+///   `JoinHandle` that comes back is `Send`. Code that already runs inside a `LocalSet` can
+///   use `tokio::task::spawn_local`;
+/// - smol and async-executor: a `LocalExecutor` on a thread of its own.
+///
+/// [Threads and executors](self#threads-and-executors) has these routes and more, with an
+/// example of `spawn_pinned`.
+///
+/// Asking for `Send` fails to compile:
+///
+/// ```compile_fail,E0277
+/// fn needs_send<T: Send>(_: T) {}
+/// needs_send(awaitlet::async_def(|| 1));
+/// ```
+///
+/// while a `LocalSet` runs it:
+///
+/// ```
+/// use awaitlet::{async_def, awaitlet};
+///
+/// let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+/// let local = tokio::task::LocalSet::new();
+/// let answer = local.block_on(&runtime, async {
+///     tokio::task::spawn_local(async_def(|| awaitlet(async { 40 }) + 2)).await.unwrap()
+/// });
+/// assert_eq!(answer, 42);
+/// ```
+pub enum StaysOnItsThread {}
+
+/// The future made by [`async_def`]: polling it runs the function until it waits on a pending
+/// future or returns. `Unpin`, `!Send` and `!Sync`: it stays on the thread that created it (see
+/// [`StaysOnItsThread`] for why, and for the route from `Send` contexts).
+///
+/// ```compile_fail,E0277
 /// fn assert_send<T: Send>(_: T) {}
 /// assert_send(awaitlet::async_def(|| ()));
 /// ```
 #[must_use = "an AsyncDef does nothing unless polled"]
 pub struct AsyncDef<'a, R> {
+    /// The shallowest `!Send` part (and the first field), so that the compiler names
+    /// [`StaysOnItsThread`] first when asked to send the future.
+    _stays_on_its_thread: PhantomData<*const StaysOnItsThread>,
     greenlet: DrivenGreenlet<'a, R>,
 }
 
@@ -280,7 +362,10 @@ impl<'a, R> AsyncDef<'a, R> {
     /// assert_eq!(pollster::block_on(no_wait), Err(NoAwaitOccurred));
     /// ```
     pub fn assert_await_occurs(self) -> AssertAwaitOccurs<'a, R> {
-        AssertAwaitOccurs { inner: self }
+        AssertAwaitOccurs {
+            _stays_on_its_thread: PhantomData,
+            inner: self,
+        }
     }
 }
 
@@ -300,11 +385,27 @@ impl<R> fmt::Debug for AsyncDef<'_, R> {
 }
 
 /// An [`AsyncDef`] whose output is `Err(NoAwaitOccurred)` when the function never waited; made
-/// by [`AsyncDef::assert_await_occurs`].
+/// by [`AsyncDef::assert_await_occurs`]. `Unpin`, `!Send` and `!Sync`, like the [`AsyncDef`]
+/// (see [`StaysOnItsThread`]).
+///
+/// ```compile_fail,E0277
+/// fn needs_send<T: Send>(_: T) {}
+/// needs_send(awaitlet::async_def(|| 1).assert_await_occurs());
+/// ```
 #[must_use = "an AssertAwaitOccurs does nothing unless polled"]
-#[derive(Debug)]
 pub struct AssertAwaitOccurs<'a, R> {
+    /// The shallowest `!Send` part (and the first field), so that the compiler names
+    /// [`StaysOnItsThread`] first when asked to send the future.
+    _stays_on_its_thread: PhantomData<*const StaysOnItsThread>,
     inner: AsyncDef<'a, R>,
+}
+
+impl<R> fmt::Debug for AssertAwaitOccurs<'_, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AssertAwaitOccurs")
+            .field("inner", &self.inner)
+            .finish()
+    }
 }
 
 impl<R> Future for AssertAwaitOccurs<'_, R> {

@@ -20,6 +20,13 @@
 //! assert_eq!(greeting, "hello, user 7");
 //! ```
 //!
+//! An [`AsyncDef`] stays on the thread that created it: its function's suspended stack can hold
+//! `!Send` values and thread-local addresses, so the future is `!Send`, and `tokio::spawn` on a
+//! multi-threaded runtime refuses it, naming [`StaysOnItsThread`]. From such `Send` contexts,
+//! tokio-util's `LocalPoolHandle::spawn_pinned(|| async_def(..))` runs it on a pool thread and
+//! hands back a `Send` `JoinHandle`; [Threads and
+//! executors](bridge#threads-and-executors) has this and the other routes.
+//!
 //! The crate is built in layers, each depending only on the ones below it:
 //!
 //! 1. `arch`: the context switch, hand-written x86_64 System V assembly with unwind info, or
@@ -49,8 +56,8 @@ pub mod io;
 pub mod stack;
 
 pub use bridge::{
-    AssertAwaitOccurs, AsyncDef, Cancelled, NoAwaitOccurred, NoAwaitletContext, async_def,
-    awaitlet, in_async_def, try_awaitlet,
+    AssertAwaitOccurs, AsyncDef, Cancelled, NoAwaitOccurred, NoAwaitletContext, StaysOnItsThread,
+    async_def, awaitlet, in_async_def, try_awaitlet,
 };
 pub use greenlet::{Greenlet, GreenletExit, ParentError, SwitchError, getcurrent};
 
