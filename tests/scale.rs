@@ -1,5 +1,7 @@
-//! Many greenlets at once: stacks without guard pages (`stack::set_guard_pages(false)`), carved
-//! from shared slabs, against the kernel's limit on memory maps (`vm.max_map_count`).
+//! Many greenlets at once: stacks without guard pages (the unsafe
+//! `stack::set_guard_pages(false)`), carved from shared slabs, against the kernel's limit on
+//! memory maps (`vm.max_map_count`). Every use of it here states why it keeps its contract, or
+//! (in the death tests' child processes) breaks it on purpose.
 //!
 //! Tests that count the process's memory maps, exhaust them, or die run in a child process
 //! (this test binary started again with one test selected; see `common`). The test with
@@ -55,12 +57,14 @@ fn assert_child_ok(test: &str, role: &str) -> String {
 fn guard_pages_are_on_by_default_and_the_setting_is_per_thread() {
     std::thread::spawn(|| {
         assert!(guard_pages());
-        assert!(set_guard_pages(false));
+        // SAFETY: no stack is made while guard pages are off.
+        assert!(unsafe { set_guard_pages(false) });
         assert!(!guard_pages());
         std::thread::spawn(|| assert!(guard_pages(), "the setting leaked to another thread"))
             .join()
             .unwrap();
-        assert!(!set_guard_pages(true));
+        // SAFETY: turning guard pages on has no requirement.
+        assert!(!unsafe { set_guard_pages(true) });
         assert!(guard_pages());
     })
     .join()
@@ -70,7 +74,8 @@ fn guard_pages_are_on_by_default_and_the_setting_is_per_thread() {
 #[test]
 fn a_dropped_carved_stack_is_reused_by_the_next_request_of_its_size() {
     std::thread::spawn(|| {
-        set_guard_pages(false);
+        // SAFETY: nothing runs on the stacks made while guard pages are off.
+        unsafe { set_guard_pages(false) };
         let first = Stack::new(DEFAULT_STACK_SIZE).unwrap();
         let address = format!("{first:?}");
         drop(first);
@@ -88,7 +93,8 @@ fn carved_stacks_take_two_maps_per_slab_and_empty_slabs_are_unmapped() {
     if is_child("slab-maps") {
         const STACKS: usize = 1000;
         let before = count_mappings();
-        set_guard_pages(false);
+        // SAFETY: nothing runs on the stacks made while guard pages are off.
+        unsafe { set_guard_pages(false) };
         let carved: Vec<Stack> = (0..STACKS)
             .map(|_| Stack::new(MIN_STACK_SIZE).unwrap())
             .collect();
@@ -103,7 +109,8 @@ fn carved_stacks_take_two_maps_per_slab_and_empty_slabs_are_unmapped() {
         assert_eq!(count_mappings(), before, "empty slabs stayed mapped");
 
         // For comparison: the same stacks with guard pages take two maps each.
-        set_guard_pages(true);
+        // SAFETY: turning guard pages on has no requirement.
+        unsafe { set_guard_pages(true) };
         let guarded: Vec<Stack> = (0..STACKS)
             .map(|_| Stack::new(MIN_STACK_SIZE).unwrap())
             .collect();
@@ -123,7 +130,8 @@ fn carved_stacks_take_two_maps_per_slab_and_empty_slabs_are_unmapped() {
             .unwrap();
         let before_thread = count_mappings();
         std::thread::spawn(|| {
-            set_guard_pages(false);
+            // SAFETY: nothing runs on the stacks made while guard pages are off.
+            unsafe { set_guard_pages(false) };
             let stacks: Vec<Stack> = (0..100)
                 .map(|_| Stack::new(MIN_STACK_SIZE).unwrap())
                 .collect();
@@ -160,7 +168,11 @@ fn recurse_until_below(limit: usize, depth: usize) -> usize {
 fn overflowing_a_stack_without_guard_page_aborts_when_it_is_released() {
     const SIZE: usize = 64 * 1024;
     if is_child("canary") {
-        set_guard_pages(false);
+        // SAFETY: deliberately broken: this child exists to overflow a stack without a guard
+        // page and die of the canary check when the stack is released. The overflow runs 512
+        // bytes into `lowest`, which nothing runs on, and the process aborts before any of it
+        // is read.
+        unsafe { set_guard_pages(false) };
         // The first stack of a slab keeps the slab's guard page; overflow the second, which
         // has none, by a little: into the top of the first.
         let lowest = Stack::new(SIZE).unwrap();
@@ -193,7 +205,10 @@ fn overflowing_a_stack_without_guard_page_aborts_when_it_is_released() {
 #[test]
 fn the_lowest_stack_of_a_slab_overflows_into_its_guard_page() {
     if is_child("slab-guard") {
-        set_guard_pages(false);
+        // SAFETY: deliberately broken: this child exists to overflow. Its only stack is the
+        // lowest of a fresh slab, so the overflow runs over its own canary into the slab's
+        // guard page, and the process dies of the fault.
+        unsafe { set_guard_pages(false) };
         overflow_a_fiber_stack(64 * 1024);
         return;
     }
@@ -273,7 +288,10 @@ fn wait_at_depth(gate: &Rc<Cell<bool>>, depth: usize, value: u64) -> u64 {
 /// every result, and every destructor. Returns how many memory maps the process had while they
 /// were all suspended.
 fn suspend_then_complete(count: usize, stack_size: usize) -> usize {
-    let previous = set_guard_pages(false);
+    // SAFETY: the functions run on stacks of at least 64 KiB (the callers' sizes); they go five
+    // frames of about a hundred bytes deep, then wait (a few KiB with the polling and the
+    // switch), and neither panic nor take signals there.
+    let previous = unsafe { set_guard_pages(false) };
     let gate = Rc::new(Cell::new(false));
     let started = Rc::new(Cell::new(0usize));
     let suspended_now = Rc::new(Cell::new(0usize));
@@ -321,7 +339,9 @@ fn suspend_then_complete(count: usize, stack_size: usize) -> usize {
     assert_eq!(drops.get(), count, "destructors did not all run");
     drop(futures);
     trim_pool();
-    set_guard_pages(previous);
+    // SAFETY: restores the setting found on entry; the callers run this on a thread of its own,
+    // where that is the default, guard pages on.
+    unsafe { set_guard_pages(previous) };
     maps_while_suspended
 }
 

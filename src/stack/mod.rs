@@ -1,5 +1,5 @@
-//! Greenlet stacks: mmap'd, guard-paged (or densely carved, opt-in), lazily committed, pooled
-//! per thread.
+//! Greenlet stacks: mmap'd, guard-paged (or densely carved, an unsafe opt-in), lazily
+//! committed, pooled per thread.
 //!
 //! # Layout
 //!
@@ -60,11 +60,11 @@
 //! guarded stacks can be alive at once, and past that [`Stack::new`] fails with
 //! [`StackError::MapCountExhausted`] (and `async_def` panics with its message).
 //!
-//! [`set_guard_pages(false)`](set_guard_pages) lifts that limit for the calling thread: its new
-//! stacks are carved from shared mappings (slabs) of [`SLAB_STACKS`] stacks of one size, with
-//! one guard page at the very bottom of the slab. The carved stacks sit side by side in one
-//! read-write region, so a slab costs two maps in all: a hundred thousand 1 MiB stacks take
-//! about 3,200 maps. Carved stacks go through the same pool as guarded ones (the pool hands out
+//! [`set_guard_pages(false)`](set_guard_pages), an `unsafe` opt-in, lifts that limit for the
+//! calling thread: its new stacks are carved from shared mappings (slabs) of [`SLAB_STACKS`]
+//! stacks of one size, with one guard page at the very bottom of the slab. The carved stacks
+//! sit side by side in one read-write region, so a slab costs two maps in all: a hundred
+//! thousand 1 MiB stacks take about 3,200 maps. Carved stacks go through the same pool as guarded ones (the pool hands out
 //! only stacks of the kind the thread asks for), are registered with Valgrind the same way, and
 //! a slab is unmapped when the last of its stacks is released. Memory is committed page by page
 //! as with guarded stacks: a greenlet suspended a few frames deep keeps one page resident.
@@ -76,10 +76,18 @@
 //! power of two; a broken canary prints one line naming the stack size and the missing guard
 //! page, then aborts. An overflow is thus caught late, not when it happens: by then it may have
 //! overwritten the stack below (another greenlet's frames, or the bookkeeping at its top), and
-//! that greenlet may misbehave before the check runs. This is why guard pages stay the default,
-//! and dense stacks are for programs that need more greenlets than the map limit allows and
-//! give them stacks with room to spare. Checking on every switch would catch it sooner, but
-//! costs every switch; checking on release costs a comparison of four words per stack.
+//! that greenlet may misbehave before the check runs. Checking on every switch would catch it
+//! sooner, but costs every switch; checking on release costs a comparison of four words per
+//! stack.
+//!
+//! Nor is every overflow caught at all. A frame that reserves more than the canary without
+//! writing all of it (a `MaybeUninit<[u8; 3000]>`, which the compiler does not probe) steps
+//! over the canary, and its writes land in the stack below while the canary stays intact:
+//! memory is corrupted and nothing is reported. That is why [`set_guard_pages`] is an `unsafe`
+//! fn whose caller promises that no stack made while guard pages are off is ever used beyond
+//! its size, why guard pages stay the default, and why dense stacks are for programs that need
+//! more greenlets than the map limit allows and can bound what runs on them. Unless that
+//! unsafe call turned them off, every stack has a guard page right below it.
 //!
 //! The alternatives were worse: raising `vm.max_map_count` needs root and is a system-wide
 //! setting; stacks without any protection would overflow silently; a guard page per stack,
@@ -186,8 +194,9 @@ impl fmt::Display for StackError {
                 f,
                 "cannot map a greenlet stack: the process has reached vm.max_map_count = {limit} \
                  memory mappings (each stack with a guard page takes 2); raise it with \
-                 `sysctl vm.max_map_count=N`, keep fewer greenlets alive, or make stacks \
-                 without guard pages (awaitlet::stack::set_guard_pages(false))"
+                 `sysctl vm.max_map_count=N`, keep fewer greenlets alive, or, where every \
+                 greenlet's stack use is bounded, make stacks without guard pages (the unsafe \
+                 awaitlet::stack::set_guard_pages(false))"
             ),
             StackError::AddressSpaceExhausted { limit, mapping } => write!(
                 f,
@@ -481,26 +490,60 @@ pub const SLAB_STACKS: usize = slab::SLAB_STACKS;
 ///
 /// With guard pages off, stacks are carved from shared mappings of [`SLAB_STACKS`] stacks
 /// (slabs) that cost two maps each, so millions of stacks fit under the default limit. An
-/// overflow then cannot fault (except in the lowest stack of a slab): it is detected by a canary
-/// at the bottom of the stack, checked when the stack is released, which may be long after the
-/// overflow has overwritten the stack below it. See the [module docs](self#dense-stacks).
+/// overflow then cannot fault (except in the lowest stack of a slab): it runs into the stack
+/// below. A canary at the bottom of each stack, checked when the stack is released, reports
+/// the overflows that write over it, but only after the fact, and not all of them. See the
+/// [module docs](self#dense-stacks).
 ///
 /// The setting is per thread; stacks already made keep their kind, and the pool hands out only
 /// stacks of the current kind.
 ///
+/// # Safety
+///
+/// Turning guard pages on (`enabled == true`) has no requirement. Turning them off
+/// (`enabled == false`) is sound only if every stack this thread makes while they are off
+/// never has more of it used than its [`Stack::size`], the size asked for less
+/// [`CANARY_BYTES`], for as long as anything runs on it (also after guard pages are back on).
+/// That covers every way of making a stack on this thread, by the caller or by any code it
+/// calls: [`Stack::new`], [`Stack::fresh`], [`Greenlet::new`](crate::Greenlet::new) and
+/// [`Greenlet::builder`](crate::Greenlet::builder), [`async_def`](crate::async_def) with or
+/// without [`AsyncDef::stack_size`](crate::AsyncDef::stack_size). And it counts every byte
+/// below the stack's top: frames that reserve stack without writing it (a large
+/// `MaybeUninit` array, so no stack probe), the panic machinery and its hook (a first
+/// backtrace takes more than 20 KiB), and signal handlers that run on the stack.
+///
+/// The caller takes that responsibility because nothing else can. A frame larger than the
+/// canary can step over it and write into the stack below, another greenlet's frames or the
+/// bookkeeping at its top, and nothing is reported: the canary is a diagnosis of common
+/// overflows, not a protection. A safe function that allowed this would let safe code corrupt
+/// memory, which is why this one is `unsafe`.
+///
+/// It is one function for both directions, rather than a safe one to turn guard pages on and
+/// an unsafe one to turn them off, so that the usual save-and-restore stays one call each way
+/// (`let previous = set_guard_pages(false); ...; set_guard_pages(previous)`): restoring can
+/// mean turning them off again, which carries the same requirement.
+///
 /// ```
 /// use awaitlet::stack::{set_guard_pages, Stack, CANARY_BYTES, DEFAULT_STACK_SIZE};
 ///
-/// let previous = set_guard_pages(false);
+/// // SAFETY: the only stack made while guard pages are off is never run on.
+/// let previous = unsafe { set_guard_pages(false) };
 /// assert!(previous, "on by default");
 /// let dense = Stack::new(DEFAULT_STACK_SIZE)?;
 /// assert_eq!(dense.size(), DEFAULT_STACK_SIZE - CANARY_BYTES);
-/// set_guard_pages(previous);
+/// // SAFETY: `previous` is `true`: turning guard pages on has no requirement.
+/// unsafe { set_guard_pages(previous) };
 /// let guarded = Stack::new(DEFAULT_STACK_SIZE)?;
 /// assert_eq!(guarded.size(), DEFAULT_STACK_SIZE);
 /// # Ok::<(), awaitlet::stack::StackError>(())
 /// ```
-pub fn set_guard_pages(enabled: bool) -> bool {
+///
+/// Calling it outside an `unsafe` block does not compile:
+///
+/// ```compile_fail,E0133
+/// awaitlet::stack::set_guard_pages(false);
+/// ```
+pub unsafe fn set_guard_pages(enabled: bool) -> bool {
     pool::set_guard_pages(enabled)
 }
 

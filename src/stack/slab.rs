@@ -51,7 +51,11 @@
 //!
 //! A broken canary prints one line naming the stack size and the missing guard page, then
 //! aborts. Memory below the overflowed stack (another greenlet's frames or its header) may have
-//! been overwritten by then, which is why guard pages stay the default.
+//! been overwritten by then, which is why guard pages stay the default. And a frame that
+//! reserves more than [`CANARY_BYTES`] without writing all of it steps over the canary, which
+//! then stays intact: the canaries diagnose overflows, they do not prevent them. Hence the
+//! contract of the `unsafe` [`set_guard_pages`](super::set_guard_pages), the only way to get a
+//! carved stack.
 
 use std::cell::Cell;
 use std::io::Write;

@@ -78,7 +78,9 @@ fn enomem_without_a_known_limit_is_out_of_memory_and_other_errors_name_the_call(
 #[test]
 fn carved_stacks_are_usable_to_their_full_size_and_do_not_overlap() {
     std::thread::spawn(|| {
-        assert!(super::set_guard_pages(false));
+        // SAFETY: nothing runs on the stacks made while guard pages are off; they are only
+        // written from this thread's own stack, within their size.
+        assert!(unsafe { super::set_guard_pages(false) });
         let size = super::MIN_STACK_SIZE;
         // Two slabs' worth and a few, so that stacks of two slabs are compared too.
         let stacks: Vec<Stack> = (0..2 * super::SLAB_STACKS + 3)
@@ -121,7 +123,8 @@ fn the_pool_hands_out_only_stacks_of_the_current_kind() {
         let guarded = Stack::new(size).unwrap();
         let guarded_bottom = guarded.bottom();
         drop(guarded);
-        super::set_guard_pages(false);
+        // SAFETY: nothing runs on the stacks made while guard pages are off.
+        unsafe { super::set_guard_pages(false) };
         let carved = Stack::new(size).unwrap();
         assert_ne!(
             carved.bottom(),
@@ -138,7 +141,8 @@ fn the_pool_hands_out_only_stacks_of_the_current_kind() {
             carved_bottom,
             "the pooled carved stack was not reused"
         );
-        assert!(!super::set_guard_pages(true));
+        // SAFETY: turning guard pages on has no requirement.
+        assert!(!unsafe { super::set_guard_pages(true) });
         let guarded_again = Stack::new(size).unwrap();
         assert_eq!(guarded_again.bottom(), guarded_bottom);
         assert_eq!(guarded_again.size(), size);
