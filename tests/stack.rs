@@ -10,10 +10,13 @@ use awaitlet::stack::{
     DEFAULT_STACK_SIZE, MAX_STACK_SIZE, MIN_STACK_SIZE, POOL_CAPACITY, Stack, StackError, pool_len,
     trim_pool,
 };
+use awaitlet::{Greenlet, async_def};
 use common::{
-    child_dies_of_overflow, child_killed_by, is_child, overflow_a_fiber_stack, recurse_forever,
-    run_child,
+    child_dies_of_overflow, child_killed_by, guard_page_below, is_child, overflow_a_fiber_stack,
+    poll_once, recurse_forever, run_child,
 };
+use std::hint::black_box;
+use std::task::Poll;
 
 #[test]
 fn sizes_below_the_minimum_are_refused_with_the_minimum_named() {
@@ -261,4 +264,103 @@ fn faults_outside_guard_pages_reach_the_previous_handler_unchanged() {
         libc::SIGSEGV,
     );
     assert!(!stderr.contains("awaitlet"), "{stderr}");
+}
+
+/// Runs [`guard_page_below`] on a stack got each safe way there is, on the calling thread with
+/// its current setting; returns each way's name and what the check found.
+///
+/// Before checking, one stack of each size checked is kept alive, so that, were stacks carved
+/// from slabs, none of those checked would be the lowest of its slab, the one near the slab's
+/// guard page.
+fn guard_below_each_safe_way() -> Vec<(&'static str, Result<(), String>)> {
+    let _keep_off_the_slab_bottoms = (
+        Stack::new(MIN_STACK_SIZE).unwrap(),
+        Stack::new(DEFAULT_STACK_SIZE).unwrap(),
+    );
+    /// The check, from a local of the function running on the stack to check.
+    #[inline(never)]
+    fn from_here(size: usize) -> Result<(), String> {
+        let here = black_box(0u8);
+        guard_page_below(&here as *const u8 as usize, size)
+    }
+    /// A fiber on `stack` finds the address of one of its locals; the check runs while the
+    /// fiber, and so its stack, is alive.
+    fn on_fiber(stack: Stack, size: usize) -> Result<(), String> {
+        let mut fiber = Fiber::new(stack, |_, _| {
+            let here = black_box(0u8);
+            &here as *const u8 as usize
+        });
+        match fiber.resume(0) {
+            Resumed::Returned(address) => guard_page_below(address, size),
+            other => Err(format!("the fiber did not return: {other:?}")),
+        }
+    }
+    let on_greenlet = |greenlet: Greenlet| {
+        greenlet
+            .switch::<(), Result<(), String>>(())
+            .unwrap_or_else(|error| Err(format!("{error:?}")))
+    };
+    let on_async_def = |future: awaitlet::AsyncDef<'_, Result<(), String>>| {
+        let mut future = future;
+        match poll_once(&mut future) {
+            Poll::Ready(found) => found,
+            Poll::Pending => Err("the async_def did not finish".to_string()),
+        }
+    };
+    let size = MIN_STACK_SIZE;
+    let default = DEFAULT_STACK_SIZE;
+    vec![
+        ("Stack::new", on_fiber(Stack::new(size).unwrap(), size)),
+        // The stack the line above returned to the pool, handed out again.
+        (
+            "Stack::new from the pool",
+            on_fiber(Stack::new(size).unwrap(), size),
+        ),
+        ("Stack::fresh", on_fiber(Stack::fresh(size).unwrap(), size)),
+        (
+            "Greenlet::new",
+            on_greenlet(Greenlet::new(move |()| from_here(default))),
+        ),
+        (
+            "Greenlet::builder().stack_size",
+            on_greenlet(
+                Greenlet::builder()
+                    .stack_size(size)
+                    .build(move |()| from_here(size))
+                    .unwrap(),
+            ),
+        ),
+        ("async_def", on_async_def(async_def(|| from_here(default)))),
+        (
+            "async_def(..).stack_size",
+            on_async_def(async_def(|| from_here(size)).stack_size(size)),
+        ),
+    ]
+}
+
+#[test]
+fn no_safe_way_to_get_a_stack_gives_one_without_a_guard_page_below_it() {
+    std::thread::spawn(|| {
+        for (way, found) in guard_below_each_safe_way() {
+            assert_eq!(found, Ok(()), "{way}");
+        }
+        trim_pool();
+
+        // The check can fail: with guard pages off, stacks are carved and it finds no guard
+        // below any of them.
+        // SAFETY: the functions on these stacks read /proc/self/maps, a few KiB of stack on
+        // stacks of 64 KiB or more, and neither panic nor take signals there.
+        let previous = unsafe { awaitlet::stack::set_guard_pages(false) };
+        for (way, found) in guard_below_each_safe_way() {
+            assert!(
+                found.is_err(),
+                "{way}: a guard page found below a carved stack"
+            );
+        }
+        // SAFETY: `previous` is the default, guard pages on, which has no requirement.
+        unsafe { awaitlet::stack::set_guard_pages(previous) };
+        trim_pool();
+    })
+    .join()
+    .unwrap();
 }

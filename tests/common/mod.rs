@@ -271,3 +271,42 @@ pub(crate) fn frame_names(trace: &str) -> Vec<&str> {
         .map(|(_, name)| name.trim())
         .collect()
 }
+
+/// Checks that the stack holding `address`, of `size` usable bytes, has a guard page right below
+/// its lowest usable byte: in `/proc/self/maps`, the read-write mapping holding `address` starts
+/// less than `size` bytes below it (so at this stack's bottom, not at the bottom of a larger
+/// mapping the stack is carved from), and ends a mapping without any access. Returns what was
+/// found otherwise; never panics, so it can run on a stack that must not unwind.
+pub(crate) fn guard_page_below(address: usize, size: usize) -> Result<(), String> {
+    let maps = std::fs::read_to_string("/proc/self/maps").map_err(|error| error.to_string())?;
+    // Each line: `start-end perms offset device inode [path]`, addresses in hex.
+    let mappings: Vec<(usize, usize, &str)> = maps
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (start, end) = fields.next()?.split_once('-')?;
+            let start = usize::from_str_radix(start, 16).ok()?;
+            let end = usize::from_str_radix(end, 16).ok()?;
+            Some((start, end, fields.next()?))
+        })
+        .collect();
+    let &(start, _, permissions) = mappings
+        .iter()
+        .find(|&&(start, end, _)| (start..end).contains(&address))
+        .ok_or_else(|| format!("no mapping holds {address:#x}"))?;
+    if !permissions.starts_with("rw") {
+        return Err(format!("the mapping holding {address:#x} is {permissions}"));
+    }
+    if address - start >= size {
+        return Err(format!(
+            "the mapping holding {address:#x} starts {} bytes below it, more than the stack's \
+             {size} bytes: the stack is carved from a larger mapping",
+            address - start
+        ));
+    }
+    match mappings.iter().find(|&&(_, end, _)| end == start) {
+        Some((_, _, below)) if below.starts_with("---") => Ok(()),
+        Some((_, _, below)) => Err(format!("the page below {start:#x} is {below}, not a guard")),
+        None => Err(format!("nothing is mapped right below {start:#x}")),
+    }
+}
