@@ -324,7 +324,7 @@ fn the_trace_hook_sees_every_switch_between_the_poller_and_the_function() {
     use awaitlet::greenlet::{TraceEvent, settrace};
     let events: Rc<RefCell<Vec<(TraceEvent, bool, bool)>>> = Rc::default();
     let sink = events.clone();
-    let previous = settrace(Some(Box::new(move |event, origin, target| {
+    let previous = settrace(Some(Rc::new(move |event, origin, target| {
         sink.borrow_mut()
             .push((event, origin.is_main(), target.is_main()))
     })));

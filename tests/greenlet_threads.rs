@@ -226,7 +226,7 @@ fn thread_exit_with_trace_hook_set_and_parked_greenlets_is_clean() {
     let counts = thread::spawn(move || {
         PARKED.with(|_| ());
         let counts = fill_parked(&inner);
-        settrace(Some(Box::new(move |_, _, _| {
+        settrace(Some(Rc::new(move |_, _, _| {
             events_in.fetch_add(1, Ordering::SeqCst);
         })));
         getcurrent().switch::<(), ()>(()).unwrap();

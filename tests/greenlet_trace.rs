@@ -9,7 +9,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use awaitlet::greenlet::{TraceEvent, settrace};
+use awaitlet::greenlet::{TraceEvent, TraceHook, settrace};
 use awaitlet::{Greenlet, getcurrent};
 use common::{catch, child_command, is_child, terminating_signal, text};
 
@@ -30,7 +30,7 @@ type Calls = Rc<RefCell<Vec<Call>>>;
 fn record() -> Calls {
     let calls: Calls = Rc::new(RefCell::new(Vec::new()));
     let sink = Rc::clone(&calls);
-    let previous = settrace(Some(Box::new(move |event, origin, target| {
+    let previous = settrace(Some(Rc::new(move |event, origin, target| {
         sink.borrow_mut().push(Call {
             event,
             origin: origin.clone(),
@@ -63,13 +63,13 @@ fn settrace_returns_the_previous_hook() {
     let log = Rc::new(RefCell::new(Vec::new()));
     let first_log = Rc::clone(&log);
     assert!(
-        settrace(Some(Box::new(move |_, _, _| {
+        settrace(Some(Rc::new(move |_, _, _| {
             first_log.borrow_mut().push("first")
         })))
         .is_none()
     );
     let second_log = Rc::clone(&log);
-    let mut first = settrace(Some(Box::new(move |_, _, _| {
+    let first = settrace(Some(Rc::new(move |_, _, _| {
         second_log.borrow_mut().push("second")
     })))
     .expect("the first hook");
@@ -78,7 +78,7 @@ fn settrace_returns_the_previous_hook() {
     assert_eq!(*log.borrow(), ["first"]);
     getcurrent().switch::<(), ()>(()).unwrap();
     assert_eq!(*log.borrow(), ["first", "second"]);
-    let mut second = settrace(None).expect("the second hook");
+    let second = settrace(None).expect("the second hook");
     second(Switch, &main, &main);
     assert_eq!(*log.borrow(), ["first", "second", "second"]);
     assert!(settrace(None).is_none());
@@ -95,9 +95,7 @@ fn trace_hook_is_per_thread() {
         assert!(settrace(None).is_none(), "a new thread has no hook");
         let seen = Rc::new(Cell::new(0));
         let seen_in = Rc::clone(&seen);
-        settrace(Some(Box::new(move |_, _, _| {
-            seen_in.set(seen_in.get() + 1)
-        })));
+        settrace(Some(Rc::new(move |_, _, _| seen_in.set(seen_in.get() + 1))));
         Greenlet::new(|x: u8| x).switch::<u8, u8>(1).unwrap();
         settrace(None);
         seen.get()
@@ -225,7 +223,7 @@ fn kill_is_a_throw_event_and_the_exit_returns_as_a_switch_event() {
     g.switch::<(), ()>(()).unwrap();
     let log = Rc::new(RefCell::new(Vec::new()));
     let sink = Rc::clone(&log);
-    settrace(Some(Box::new(move |event, origin, target| {
+    settrace(Some(Rc::new(move |event, origin, target| {
         sink.borrow_mut().push((
             event,
             origin.name().unwrap().to_string(),
@@ -274,10 +272,10 @@ fn self_switch_and_self_throw_fire_events_with_origin_equal_target() {
 fn hook_replacing_or_removing_itself_takes_effect() {
     let log = Rc::new(RefCell::new(Vec::new()));
     let first_log = Rc::clone(&log);
-    settrace(Some(Box::new(move |_, _, _| {
+    settrace(Some(Rc::new(move |_, _, _| {
         first_log.borrow_mut().push("first");
         let second_log = Rc::clone(&first_log);
-        settrace(Some(Box::new(move |_, _, _| {
+        settrace(Some(Rc::new(move |_, _, _| {
             second_log.borrow_mut().push("second");
             settrace(None);
         })));
@@ -305,7 +303,7 @@ fn panicking_hook_is_removed_and_its_panic_raised_in_the_resumed_target() {
     g.switch::<(), ()>(()).unwrap();
     let calls = Rc::new(Cell::new(0));
     let calls_in = Rc::clone(&calls);
-    settrace(Some(Box::new(move |_, _, target| {
+    settrace(Some(Rc::new(move |_, _, target| {
         calls_in.set(calls_in.get() + 1);
         assert!(target.is_main(), "hook boom");
     })));
@@ -336,7 +334,7 @@ fn panicking_hook_raises_in_receiver_and_drops_the_delivered_value_once() {
             .unwrap_or(());
         "g resumed"
     });
-    settrace(Some(Box::new(|_, origin, target| {
+    settrace(Some(Rc::new(|_, origin, target| {
         if target.is_main() && !origin.is_main() {
             panic!("hook boom in main");
         }
@@ -354,7 +352,7 @@ fn panicking_hook_raises_in_receiver_and_drops_the_delivered_value_once() {
 // Rule 66 on a self-switch: the hook's panic is raised at once in the caller.
 #[test]
 fn panicking_hook_on_self_switch_raises_in_caller() {
-    settrace(Some(Box::new(|_, _, _| panic!("hook boom on self"))));
+    settrace(Some(Rc::new(|_, _, _| panic!("hook boom on self"))));
     let raised = catch(|| getcurrent().switch::<u8, u8>(1)).unwrap_err();
     assert_eq!(text(&*raised), "hook boom on self");
     assert!(settrace(None).is_none());
@@ -366,7 +364,7 @@ fn hook_panics_on_start() -> (bool, String, bool) {
     let ran = Rc::new(Cell::new(false));
     let ran_in = Rc::clone(&ran);
     let g = Greenlet::new(move |()| ran_in.set(true));
-    settrace(Some(Box::new(|event, _, target| {
+    settrace(Some(Rc::new(|event, _, target| {
         if event == Switch && !target.is_main() {
             panic!("hook boom on start");
         }
@@ -395,7 +393,7 @@ fn panicking_hook_during_kill_on_drop_does_not_make_the_drop_panic() {
         std::panic::resume_unwind(caught.unwrap_err());
     });
     g.switch::<(), ()>(()).unwrap();
-    settrace(Some(Box::new(|_, _, target| {
+    settrace(Some(Rc::new(|_, _, target| {
         if target.is_main() {
             panic!("hook boom in killer");
         }
@@ -447,7 +445,7 @@ fn panicking_hook_on_kill_return_raises_in_the_killer() {
         main_in.switch::<(), ()>(()).unwrap();
     });
     g.switch::<(), ()>(()).unwrap();
-    settrace(Some(Box::new(|event, _, target| {
+    settrace(Some(Rc::new(|event, _, target| {
         if event == Switch && target.is_main() {
             panic!("hook boom on exit");
         }
@@ -474,7 +472,7 @@ impl Drop for Dropped {
 fn an_abandoned_sender_is_killed_once_with_a_hook_set() {
     let events = Rc::new(Cell::new(0));
     let events_in = Rc::clone(&events);
-    settrace(Some(Box::new(move |_, _, _| {
+    settrace(Some(Rc::new(move |_, _, _| {
         events_in.set(events_in.get() + 1)
     })));
     let unwound = Rc::new(Cell::new(0));
@@ -498,7 +496,7 @@ fn an_abandoned_sender_is_killed_once_with_a_hook_set() {
 fn a_hook_killing_the_sender_of_a_switch_leaves_the_receiver_sound() {
     let armed = Rc::new(Cell::new(false));
     let armed_in = Rc::clone(&armed);
-    settrace(Some(Box::new(move |event, origin, target| {
+    settrace(Some(Rc::new(move |event, origin, target| {
         if armed_in.get() && event == Switch && target.is_main() && !origin.is_main() {
             armed_in.set(false);
             origin.kill().unwrap();
@@ -519,4 +517,322 @@ fn a_hook_killing_the_sender_of_a_switch_leaves_the_receiver_sound() {
     let probe = Greenlet::new(|()| 2u8);
     assert_eq!(probe.switch::<(), u8>(()).unwrap(), 2);
     settrace(None);
+}
+
+/// The name of a greenlet, for logs that must not keep handles ("main" for main).
+fn name(greenlet: &Greenlet) -> String {
+    greenlet.name().unwrap_or("unnamed").to_string()
+}
+
+/// A greenlet named `name` running `run`.
+fn named<A: 'static, R: 'static>(
+    name: &'static str,
+    run: impl FnOnce(A) -> R + 'static,
+) -> Greenlet {
+    Greenlet::builder().name(name).build(run).unwrap()
+}
+
+/// The address of a hook, to compare hooks by identity.
+fn address(hook: &TraceHook) -> *const () {
+    Rc::as_ptr(hook) as *const ()
+}
+
+// Rule 65 with a hook that switches: the hook stays installed while its call is suspended in
+// another greenlet, so every switch made meanwhile is traced, and it stays installed if that
+// greenlet never comes back.
+#[test]
+fn hook_stays_set_while_it_runs() {
+    let log = Rc::new(RefCell::new(Vec::new()));
+    let sink = Rc::clone(&log);
+    let main = getcurrent();
+    let main_in = main.clone();
+    settrace(Some(Rc::new(move |event, origin, target| {
+        sink.borrow_mut().push((event, name(origin), name(target)));
+        if name(target) == "g" && name(origin) == "main" {
+            // Suspended inside the hook, in g, until main switches back.
+            main_in.switch::<(), ()>(()).unwrap();
+        }
+    })));
+    let g = named("g", |()| "g done");
+    g.switch::<(), ()>(()).unwrap();
+    // Main runs while the hook's call in g is suspended: its switches are traced.
+    main.switch::<(), ()>(()).unwrap();
+    let other = named("other", |()| 7u8);
+    assert_eq!(other.switch::<(), u8>(()).unwrap(), 7);
+    let installed = settrace(None).expect("the hook stays set while its call is suspended");
+    settrace(Some(installed));
+    let entry = |e, o: &str, t: &str| (e, o.to_string(), t.to_string());
+    assert_eq!(
+        *log.borrow(),
+        [
+            entry(Switch, "main", "g"),
+            entry(Switch, "g", "main"),
+            entry(Switch, "main", "main"),
+            entry(Switch, "main", "other"),
+            entry(Switch, "other", "main"),
+        ]
+    );
+    // g never comes back here; the hook is still the one set.
+    assert!(settrace(None).is_some());
+    assert!(!g.is_dead());
+    drop(g);
+}
+
+// Rule 65, as in greenlet's own three-greenlet test: the hook, told of g1's start, switches to
+// g2 from inside itself. That switch and every one made before the hook's call returns are
+// traced (nested calls), and g1 starts with its own argument once the hook returns.
+#[test]
+fn switches_made_inside_the_hook_are_traced() {
+    let log: Rc<RefCell<Vec<String>>> = Rc::default();
+    let main = getcurrent();
+    let g2_slot: Rc<RefCell<Option<Greenlet>>> = Rc::default();
+    let switch_to_g2 = Rc::new(Cell::new(true));
+    let (sink, slot, armed) = (
+        Rc::clone(&log),
+        Rc::clone(&g2_slot),
+        Rc::clone(&switch_to_g2),
+    );
+    settrace(Some(Rc::new(move |event, origin, target| {
+        sink.borrow_mut().push(format!(
+            "trace {event:?} {} -> {}",
+            name(origin),
+            name(target)
+        ));
+        if armed.replace(false) {
+            let g2 = slot
+                .borrow()
+                .clone()
+                .expect("g2 is made before the first switch");
+            // What resumes g1 here is dropped: g1 then starts with its own argument.
+            let _: &str = g2.switch("g2 from hook").unwrap();
+        }
+    })));
+    let (log1, main1) = (Rc::clone(&log), main.clone());
+    let g1 = named("g1", move |arg: &'static str| {
+        log1.borrow_mut().push(format!("g1 arg {arg}"));
+        let from_parent: &str = main1.switch("from g1").unwrap();
+        log1.borrow_mut()
+            .push(format!("g1 from parent {from_parent}"));
+        "g1 done"
+    });
+    let (log2, main2) = (Rc::clone(&log), main.clone());
+    let g2 = named("g2", move |arg: &'static str| {
+        log2.borrow_mut().push(format!("g2 arg {arg}"));
+        main2.switch::<&str, ()>("from g2").unwrap();
+        log2.borrow_mut().push("g2 from parent".to_string());
+        "g2 done"
+    });
+    *g2_slot.borrow_mut() = Some(g2.clone());
+    let push = |line: String| log.borrow_mut().push(line);
+    push(format!(
+        "main g1 {}",
+        g1.switch::<&str, &str>("g1 from main").unwrap()
+    ));
+    push(format!(
+        "main g1 again {}",
+        g1.switch::<&str, &str>("resumes the hook").unwrap()
+    ));
+    push(format!(
+        "main g1.2 {}",
+        g1.switch::<&str, &str>("g1 from main 2").unwrap()
+    ));
+    push(format!("main g2.2 {}", g2.switch::<(), &str>(()).unwrap()));
+    assert!(settrace(None).is_some());
+    g2_slot.borrow_mut().take();
+    assert_eq!(
+        *log.borrow(),
+        [
+            "trace Switch main -> g1",
+            "trace Switch g1 -> g2",
+            "g2 arg g2 from hook",
+            "trace Switch g2 -> main",
+            "main g1 from g2",
+            "trace Switch main -> g1",
+            "g1 arg g1 from main",
+            "trace Switch g1 -> main",
+            "main g1 again from g1",
+            "trace Switch main -> g1",
+            "g1 from parent g1 from main 2",
+            "trace Switch g1 -> main",
+            "main g1.2 g1 done",
+            "trace Switch main -> g2",
+            "g2 from parent",
+            "trace Switch g2 -> main",
+            "main g2.2 g2 done",
+        ]
+    );
+    assert!(g1.is_dead() && g2.is_dead());
+}
+
+// Rule 64 inside the hook: `settrace` sees the hook that is running, and returns it; putting it
+// back, or replacing it, works from inside.
+#[test]
+fn settrace_inside_the_hook_returns_the_hook() {
+    let seen: Rc<Cell<Option<*const ()>>> = Rc::default();
+    let replace = Rc::new(Cell::new(false));
+    let replacement_calls = Rc::new(Cell::new(0));
+    let (seen_in, replace_in, calls_in) = (
+        Rc::clone(&seen),
+        Rc::clone(&replace),
+        Rc::clone(&replacement_calls),
+    );
+    let hook: TraceHook = Rc::new(move |_, _, _| {
+        let installed = settrace(None);
+        seen_in.set(installed.as_ref().map(address));
+        if replace_in.get() {
+            let calls = Rc::clone(&calls_in);
+            settrace(Some(Rc::new(move |_, _, _| calls.set(calls.get() + 1))));
+        } else {
+            settrace(installed);
+        }
+    });
+    let original = address(&hook);
+    assert!(settrace(Some(hook)).is_none());
+    getcurrent().switch::<(), ()>(()).unwrap();
+    assert_eq!(
+        seen.get(),
+        Some(original),
+        "settrace inside the hook returned the hook"
+    );
+    let still = settrace(None).expect("the hook put itself back");
+    assert_eq!(address(&still), original);
+
+    settrace(Some(still));
+    replace.set(true);
+    getcurrent().switch::<(), ()>(()).unwrap();
+    assert_eq!(seen.get(), Some(original));
+    getcurrent().switch::<(), ()>(()).unwrap();
+    assert_eq!(
+        replacement_calls.get(),
+        1,
+        "the replacement is the hook from then on"
+    );
+    let replacement = settrace(None).expect("the replacement is set");
+    assert_ne!(address(&replacement), original);
+}
+
+// Rules 65-66 with a kill: a greenlet suspended inside the hook is killed (by `kill` or by
+// dropping its last handle); the `GreenletExit` unwinding through the hook is not the hook's
+// failure, so it stays set, and the kill's own switches are traced.
+#[test]
+fn hook_survives_the_greenlet_running_it_being_killed() {
+    for by_drop in [false, true] {
+        let log = Rc::new(RefCell::new(Vec::new()));
+        let unwound = Rc::new(Cell::new(0));
+        let (sink, unwound_in) = (Rc::clone(&log), Rc::clone(&unwound));
+        let main = getcurrent();
+        let main_in = main.clone();
+        settrace(Some(Rc::new(move |event, origin, target| {
+            sink.borrow_mut().push((event, name(origin), name(target)));
+            if event == Switch && name(target) == "victim" && name(origin) == "main" {
+                let _guard = Dropped(Rc::clone(&unwound_in));
+                main_in.switch::<(), ()>(()).unwrap();
+            }
+        })));
+        let victim = named("victim", |()| ());
+        victim.switch::<(), ()>(()).unwrap();
+        if by_drop {
+            drop(victim);
+        } else {
+            victim.kill().unwrap();
+            assert!(victim.is_dead());
+        }
+        assert_eq!(unwound.get(), 1, "the hook's frame in the victim unwound");
+        let entry = |e, o: &str, t: &str| (e, o.to_string(), t.to_string());
+        assert_eq!(
+            *log.borrow(),
+            [
+                entry(Switch, "main", "victim"),
+                entry(Switch, "victim", "main"),
+                entry(Throw, "main", "victim"),
+                entry(Switch, "victim", "main"),
+            ],
+            "killed by {}",
+            if by_drop { "drop" } else { "kill" }
+        );
+        assert!(settrace(None).is_some(), "the hook was lost to the kill");
+    }
+}
+
+// Rule 66 still holds for a greenlet suspended inside the hook: any panic other than a kill
+// that unwinds out of the hook (here one thrown in) removes it, and continues in that greenlet.
+#[test]
+fn a_panic_thrown_through_the_hook_removes_it() {
+    let main = getcurrent();
+    let main_in = main.clone();
+    settrace(Some(Rc::new(move |event, origin, target| {
+        if event == Switch && name(target) == "g" && name(origin) == "main" {
+            main_in.switch::<(), ()>(()).unwrap();
+        }
+    })));
+    let g = named("g", |()| "g ran");
+    g.switch::<(), ()>(()).unwrap();
+    let raised = catch(|| g.throw::<()>("thrown through the hook")).unwrap_err();
+    assert_eq!(text(&*raised), "thrown through the hook");
+    assert!(g.is_dead(), "g died of the panic, without running");
+    assert!(settrace(None).is_none(), "the hook was removed");
+}
+
+// Rule 66 on a nested call: the hook panicking in a call nested inside its own running call is
+// removed; the outer call, still running, completes and the hook stays removed.
+#[test]
+fn a_nested_call_panicking_removes_the_hook_for_good() {
+    let depth = Rc::new(Cell::new(0));
+    let calls = Rc::new(Cell::new(0));
+    let (depth_in, calls_in) = (Rc::clone(&depth), Rc::clone(&calls));
+    settrace(Some(Rc::new(move |_, _, _| {
+        calls_in.set(calls_in.get() + 1);
+        depth_in.set(depth_in.get() + 1);
+        if depth_in.get() == 2 {
+            depth_in.set(depth_in.get() - 1);
+            panic!("nested boom");
+        }
+        let raised = catch(|| getcurrent().switch::<(), ()>(()));
+        assert_eq!(text(&*raised.unwrap_err()), "nested boom");
+        depth_in.set(depth_in.get() - 1);
+    })));
+    getcurrent().switch::<(), ()>(()).unwrap();
+    assert_eq!(calls.get(), 2);
+    assert!(settrace(None).is_none(), "the panicking hook was removed");
+    getcurrent().switch::<(), ()>(()).unwrap();
+    assert_eq!(calls.get(), 2);
+}
+
+thread_local! {
+    /// Where a greenlet suspended inside the hook waits for its thread to exit.
+    static SUSPENDED_IN_HOOK: RefCell<Option<Greenlet>> = const { RefCell::new(None) };
+}
+
+// Thread exit with the hook set and a greenlet suspended inside it: the thread-locals holding
+// both are destroyed in either order, and the thread ends without a panic or an abort.
+#[test]
+fn thread_exit_with_a_greenlet_suspended_inside_the_hook_is_clean() {
+    let unwound = Arc::new(AtomicUsize::new(0));
+    let unwound_in = Arc::clone(&unwound);
+    std::thread::spawn(move || {
+        SUSPENDED_IN_HOOK.with(|_| ());
+        let main = getcurrent();
+        settrace(Some(Rc::new(move |_, origin, target| {
+            if name(target) == "g" && name(origin) == "main" {
+                struct Unwound(Arc<AtomicUsize>);
+                impl Drop for Unwound {
+                    fn drop(&mut self) {
+                        self.0.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                let _guard = Unwound(Arc::clone(&unwound_in));
+                let _ = main.switch::<(), ()>(());
+            }
+        })));
+        let g = named("g", |()| ());
+        g.switch::<(), ()>(()).unwrap();
+        SUSPENDED_IN_HOOK.with(|slot| *slot.borrow_mut() = Some(g));
+    })
+    .join()
+    .expect("the thread exited cleanly");
+    assert_eq!(
+        unwound.load(Ordering::SeqCst),
+        1,
+        "the hook's frame was unwound"
+    );
 }

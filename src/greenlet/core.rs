@@ -1196,7 +1196,8 @@ fn settle_traced<R>(
             handle_from_raw(origin)
         }
     });
-    let traced = trace::call(event, origin, me);
+    // SAFETY: `me` is running; `origin` is `me` or kept alive by `sender` until after the call.
+    let traced = unsafe { trace::call(event, origin, me) };
     drop(sender);
     match traced {
         Ok(()) => received,
