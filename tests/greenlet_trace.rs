@@ -9,7 +9,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use awaitlet::greenlet::{TraceEvent, TraceHook, settrace};
+use awaitlet::greenlet::{TraceEvent, TraceHook, gettrace, settrace};
 use awaitlet::{Greenlet, getcurrent};
 use common::{catch, child_command, is_child, terminating_signal, text};
 
@@ -835,4 +835,26 @@ fn thread_exit_with_a_greenlet_suspended_inside_the_hook_is_clean() {
         1,
         "the hook's frame was unwound"
     );
+}
+
+// Rule 64: gettrace returns the hook that is set, leaving it set, inside the hook as well
+// (the running hook), and None once it is removed.
+#[test]
+fn gettrace_returns_the_set_hook_and_leaves_it_set() {
+    assert!(gettrace().is_none(), "a new thread has no hook");
+    let seen: Rc<Cell<Option<*const ()>>> = Rc::default();
+    let seen_in = Rc::clone(&seen);
+    let hook: TraceHook = Rc::new(move |_, _, _| seen_in.set(gettrace().as_ref().map(address)));
+    let original = address(&hook);
+    settrace(Some(hook));
+    assert_eq!(gettrace().as_ref().map(address), Some(original));
+    getcurrent().switch::<(), ()>(()).unwrap();
+    assert_eq!(
+        seen.get(),
+        Some(original),
+        "inside the hook, gettrace is the hook"
+    );
+    let removed = settrace(None).expect("gettrace left the hook set");
+    assert_eq!(address(&removed), original);
+    assert!(gettrace().is_none());
 }

@@ -43,7 +43,7 @@
 //! | `TypeError` for a wrong argument count | [`SwitchError::WrongType`], carrying the value |
 //! | `g.dead`, `bool(g)` | [`Greenlet::is_dead`], [`Greenlet::is_active`] |
 //! | `g.parent = p` | [`Greenlet::set_parent`] |
-//! | `greenlet.settrace(cb)` | [`settrace`] |
+//! | `greenlet.settrace(cb)`, `greenlet.gettrace()` | [`settrace`], [`gettrace`] |
 //!
 //! # Kill on drop
 //!
@@ -146,7 +146,7 @@
 //!
 //! | Rules | In Rust | Checked by |
 //! |---|---|---|
-//! | 1-5 (module surface, `__dict__`, pickling) | Python object model: no counterpart; the surface is [`Greenlet`], [`getcurrent`], [`GreenletExit`], [`settrace`] | — |
+//! | 1-5 (module surface, `__dict__`, pickling) | Python object model: no counterpart; the surface is [`Greenlet`], [`getcurrent`], [`GreenletExit`], [`settrace`], [`gettrace`] | — |
 //! | 6 | parent defaults to the running greenlet | `greenlet_switch::parent_defaults_to_the_greenlet_running_at_construction` |
 //! | 7-8 | `run` runs at the first switch, with the switched value | `greenlet_switch::run_is_not_called_at_construction`, `first_switch_passes_its_value_as_runs_argument` |
 //! | 9-10 | `run` is given at construction and cannot be read or replaced: no counterpart | — |
@@ -184,7 +184,7 @@
 //! | 55-56 | [`Greenlet::is_dead`], [`Greenlet::is_active`] through the lifecycle | `greenlet_state::lifecycle_flags_at_every_step` |
 //! | 57-59 | frames, `repr`: Python-specific; `Debug` shows name and state. **Deliberate difference** for `exc_info` (59): std's panic count is per thread and cannot be saved, so a greenlet that is unwinding cannot switch away ([`SwitchError::Unwinding`], see [Panics and switches](#panics-and-switches)), which keeps every other greenlet's `std::thread::panicking()` false | `greenlet_state::debug_shows_name_and_state`; `soundness::a_greenlet_unwinding_cannot_switch_away_so_its_panic_stays_its_own`, `soundness::a_greenlet_unwinding_cannot_throw_or_kill` |
 //! | 60-63 | `contextvars`: no counterpart in Rust (thread-locals are shared by a thread's greenlets) | — |
-//! | 64-66 | [`settrace`]: per thread, returns the previous hook (there is no `gettrace`: `settrace` hands the previous one back); [`TraceEvent::Switch`] / [`TraceEvent::Throw`]; the hook ([`TraceHook`], a shared `Fn`) stays installed while it runs, so switches it makes are traced by nested calls and `settrace` inside it returns it; a panicking hook is removed and its panic raised in the target, except a [`GreenletExit`] killing the greenlet suspended inside it (Python resets its trace function then too) | `greenlet_trace::settrace_returns_the_previous_hook`, `switch_events_for_start_switches_and_return_name_origin_and_target`, `panicking_hook_is_removed_and_its_panic_raised_in_the_resumed_target`, `switches_made_inside_the_hook_are_traced`, `settrace_inside_the_hook_returns_the_hook`, `hook_survives_the_greenlet_running_it_being_killed` |
+//! | 64-66 | [`settrace`], [`gettrace`]: per thread; `settrace` returns the previous hook, `gettrace` a clone of the one set; [`TraceEvent::Switch`] / [`TraceEvent::Throw`]; the hook ([`TraceHook`], a shared `Fn`) stays installed while it runs, so switches it makes are traced by nested calls and `settrace` inside it returns it; a panicking hook is removed and its panic raised in the target, except a [`GreenletExit`] killing the greenlet suspended inside it (Python resets its trace function then too) | `greenlet_trace::settrace_returns_the_previous_hook`, `switch_events_for_start_switches_and_return_name_origin_and_target`, `panicking_hook_is_removed_and_its_panic_raised_in_the_resumed_target`, `switches_made_inside_the_hook_are_traced`, `settrace_inside_the_hook_returns_the_hook`, `hook_survives_the_greenlet_running_it_being_killed`, `gettrace_returns_the_set_hook_and_leaves_it_set`; doctest on [`gettrace`] |
 //! | 67 | `greenlet.error` cases: compile errors or internal | — |
 //!
 //! [`switch`]: Greenlet::switch
@@ -201,7 +201,7 @@ use std::borrow::Cow;
 use std::fmt;
 
 use crate::stack::{DEFAULT_STACK_SIZE, Stack, StackError};
-pub use trace::{TraceEvent, TraceHook, settrace};
+pub use trace::{TraceEvent, TraceHook, gettrace, settrace};
 
 use self::core::{Payload, RecordRef, State};
 

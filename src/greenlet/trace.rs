@@ -123,6 +123,27 @@ pub fn settrace(hook: Option<TraceHook>) -> Option<TraceHook> {
     }
 }
 
+/// This thread's trace hook, if one is set: a clone of it, the hook staying set (Python's
+/// `greenlet.gettrace()`, rule 64).
+///
+/// Called inside the hook, it returns the hook that is running. During thread exit, once the
+/// thread's hook slot is gone, it returns `None`.
+///
+/// ```
+/// use awaitlet::greenlet::{gettrace, settrace};
+/// use std::rc::Rc;
+///
+/// assert!(gettrace().is_none());
+/// settrace(Some(Rc::new(|_event, _origin, _target| {})));
+/// let hook = gettrace().expect("a hook is set");
+/// // Still set: the same hook is returned when it is removed.
+/// assert!(Rc::ptr_eq(&hook, &settrace(None).unwrap()));
+/// assert!(gettrace().is_none());
+/// ```
+pub fn gettrace() -> Option<TraceHook> {
+    HOOK.try_with(|slot| slot.borrow().clone()).ok().flatten()
+}
+
 /// True while a hook is set.
 #[inline(always)]
 pub(super) fn is_set() -> bool {
