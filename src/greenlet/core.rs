@@ -837,9 +837,10 @@ fn refused_result(refuser: &Greenlet, payload: &mut Payload) {
              dropped and this panic went on to the parent's parent"
         ))),
     );
-    // SAFETY: a value in the payload is still in place (nothing took it yet).
     let dropped = catch_unwind(AssertUnwindSafe(|| {
-        match unsafe { taken.into_boxed_value() } {
+        // SAFETY: a value in the payload is still in place (nothing took it yet).
+        let boxed = unsafe { taken.into_boxed_value() };
+        match boxed {
             Ok((value, _)) => drop(value),
             Err(Payload::Panic(panic)) => discard_panic(panic),
             Err(other) => drop(other),
