@@ -94,7 +94,7 @@
 //! greenlet before anything else runs, so the count stays where it belongs: killing a greenlet
 //! on drop (the dropping greenlet is the victim's parent until it dies, and the victim cannot
 //! switch elsewhere meanwhile: it is unwinding too), dropping an `AsyncDef` (the same, with
-//! [`Cancelled`](crate::Cancelled)), and polling an `AsyncDef`, whose function runs as a call
+//! [`Cancelled`]), and polling an `AsyncDef`, whose function runs as a call
 //! from the poll. Code run that way sees `std::thread::panicking()` true, as any function
 //! called from a destructor during an unwind does.
 //!
