@@ -4,6 +4,7 @@
 //!   produces, with a text form for reports and regression tests;
 //! - [`reference`]: the model, a plain state machine of Python greenlet's rules;
 //! - [`interpreter`]: the same program run on the real crate;
+//! - [`random`]: the seeded generator;
 //! - [`generator`]: seeded random programs over trees of up to 12 greenlets;
 //! - [`shrink`]: the smallest program that still disagrees, for the report;
 //! - `regressions.txt`: programs kept as regression tests ([`regressions`]).
@@ -15,6 +16,7 @@
 pub(crate) mod generator;
 pub(crate) mod interpreter;
 pub(crate) mod program;
+pub(crate) mod random;
 pub(crate) mod reference;
 pub(crate) mod shrink;
 
