@@ -22,6 +22,8 @@
 //!   `AWAITLET_BRIDGE_MODEL_PROGRAMS` programs (2,000 by default; `AWAITLET_BRIDGE_MODEL_SEED`
 //!   changes the base seed); CI runs many more in release, and a few hundred under
 //!   AddressSanitizer and Valgrind. `AWAITLET_BRIDGE_MODEL_REPLAY=<seed>` runs one program.
+//!   Leaked `AsyncDef`s keep their stacks' memory mappings for good, so a run stops early once
+//!   the process nears the default limit; about 7,000 programs fit in one run.
 //! - Hand-written programs of two known shapes check that the generator's language reaches
 //!   them and that the oracle sees them.
 
@@ -51,12 +53,18 @@ fn random_bridge_programs_never_resume_a_function_after_its_data_died() {
     let started = std::time::Instant::now();
     let summary = quietly(|| check_many(plan)).unwrap_or_else(|report| panic!("{report}"));
     eprintln!(
-        "{plan:?}: {} programs ran clean, leaking {} AsyncDefs on purpose, in {:?}",
+        "{plan:?}: {} programs ran clean, leaking {} AsyncDefs on purpose, in {:?}; {} not run \
+         (the leaks reached the mapping budget)",
         summary.clean,
         summary.forgotten,
-        started.elapsed()
+        started.elapsed(),
+        summary.over_budget
     );
-    assert_eq!(summary.clean, plan.programs);
+    assert_eq!(summary.clean + summary.over_budget, plan.programs);
+    assert!(
+        summary.clean >= plan.programs.min(5000),
+        "the leak budget cut the run short: ask for fewer programs"
+    );
 }
 
 /// Runs a hand-written program; it must not fail.

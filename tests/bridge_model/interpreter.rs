@@ -16,6 +16,7 @@ use std::future::{pending, ready};
 use std::io::Write;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::rc::Rc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use awaitlet::{AsyncDef, Greenlet, async_def, awaitlet, getcurrent, try_awaitlet};
@@ -48,11 +49,15 @@ impl Outcome {
 /// The panic payload of the program's own panics.
 struct ProgramPanic;
 
-/// The liveness flags of a program's data, and the first violation.
+/// The liveness flags of a program's data, and the first violation. Atomics and a mutex, only
+/// so that [`REGISTRIES`] can keep every one reachable (a leak checker then sees no leak).
 struct Registry {
-    alive: Vec<Cell<bool>>,
-    violation: RefCell<Option<String>>,
+    alive: Vec<AtomicBool>,
+    violation: Mutex<Option<String>>,
 }
+
+/// Every registry ever made: they are leaked, so that they outlive any leaked greenlet.
+static REGISTRIES: Mutex<Vec<&'static Registry>> = Mutex::new(Vec::new());
 
 /// The program's datum: a value on the frame of the code that runs its scope.
 struct Datum {
@@ -63,7 +68,7 @@ struct Datum {
 
 impl Drop for Datum {
     fn drop(&mut self) {
-        self.registry.alive[self.number].set(false);
+        self.registry.alive[self.number].store(false, Ordering::Relaxed);
     }
 }
 
@@ -78,10 +83,14 @@ struct Borrow<'d> {
 impl Borrow<'_> {
     /// Checks that the datum is alive as function `function` runs `at` a point of its code.
     fn check(&self, function: usize, at: &dyn Fn() -> String) {
-        if self.registry.alive[self.number].get() {
+        if self.registry.alive[self.number].load(Ordering::Relaxed) {
             std::hint::black_box(self.datum.text.len());
         } else {
-            let mut violation = self.registry.violation.borrow_mut();
+            let mut violation = self
+                .registry
+                .violation
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             if violation.is_none() {
                 let text = format!(
                     "function f{function} resumed after its borrowed data was dropped: it ran {} \
@@ -150,9 +159,13 @@ fn describe(panic: &(dyn std::any::Any + Send)) -> String {
 fn run_here(program: &Program) -> Outcome {
     let data = data_count(&program.root);
     let registry: &'static Registry = Box::leak(Box::new(Registry {
-        alive: (0..data).map(|_| Cell::new(true)).collect(),
-        violation: RefCell::new(None),
+        alive: (0..data).map(|_| AtomicBool::new(true)).collect(),
+        violation: Mutex::new(None),
     }));
+    REGISTRIES
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .push(registry);
     let shared = Rc::new(Shared {
         main: getcurrent(),
         stash: RefCell::new(Vec::new()),
@@ -164,7 +177,12 @@ fn run_here(program: &Program) -> Outcome {
     }
     let forgotten = shared.forgotten.get();
     drop(shared);
-    match registry.violation.borrow_mut().take() {
+    let violation = registry
+        .violation
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .take();
+    match violation {
         Some(violation) => Outcome::Violation(violation),
         None => Outcome::Clean { forgotten },
     }
