@@ -90,6 +90,9 @@ pub(crate) struct Record {
     /// The `Context` of the poll in progress, for a driven greenlet that may poll a future
     /// with it now (see [`super::driven`]); null otherwise, and always for other greenlets.
     pub(super) await_cx: Cell<*mut ()>,
+    /// The driven greenlet this one is polling or dropping (cancelling) right now, while it is
+    /// suspended doing so; null otherwise (see [`super::driven`]).
+    pub(super) driving: Cell<*const Record>,
     pub(crate) parent: RefCell<Option<Greenlet>>,
     pub(super) start: Cell<Option<Start>>,
     stack: Cell<Option<Stack>>,
@@ -340,6 +343,7 @@ fn current_record_slow(current: *const Record) -> *const Record {
             state: Cell::new(State::Active),
             awaiting: Cell::new(type_key::<()>()),
             await_cx: Cell::new(std::ptr::null_mut()),
+            driving: Cell::new(std::ptr::null()),
             parent: RefCell::new(None),
             start: Cell::new(None),
             stack: Cell::new(None),
@@ -465,6 +469,7 @@ pub(super) unsafe fn build_record<A: 'static, F>(
             state: Cell::new(State::Unstarted),
             awaiting: Cell::new(type_key::<A>()),
             await_cx: Cell::new(std::ptr::null_mut()),
+            driving: Cell::new(std::ptr::null()),
             parent: RefCell::new(Some(parent)),
             start: Cell::new(Some(Start {
                 closure: closure as *mut u8,
@@ -735,9 +740,11 @@ fn accepts_fast<T: 'static>(target: &Record, me: *const Record) -> bool {
     // key is null: see `Record::mark_dead`), so the key rules it out, and the running
     // greenlet is `me`.
     //
-    // A driven greenlet (`async_def`'s) never takes the fast path: only the slow one checks
-    // that it may be resumed at all (see `driven::resumable`).
-    !std::ptr::eq(target, me) && target.awaiting.get() == type_key::<T>() && target.driven.is_none()
+    // A driven greenlet (`async_def`'s) may be resumed only while its drivers are live (see
+    // `driven::resumable`), which only the slow path checks; its key stays on the fast path
+    // only while they are: a poll that breaks clears the keys of every driven greenlet it was
+    // driving, down the chain (`driven::clear_driven_keys`).
+    !std::ptr::eq(target, me) && target.awaiting.get() == type_key::<T>()
 }
 
 /// Where a payload ends up.

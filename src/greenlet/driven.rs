@@ -183,6 +183,33 @@ pub(super) fn resumable(record: &Record) -> bool {
     }
 }
 
+/// Takes `record` (a driven greenlet whose poll just broke: its poller was resumed by something
+/// else than its protocol) off the switch's fast path, and with it every driven greenlet it
+/// is driving (polling or dropping), down the chain of [`Record::driving`] links: none of them
+/// may be resumed any more (their drivers' frames will not run again until their own
+/// `AsyncDef`s are dropped), and only the slow path checks that (see `resumable`). A greenlet
+/// parked in `awaitlet` keeps its key (it awaits a private type no switch can send).
+#[cold]
+fn clear_driven_keys(record: &Record) {
+    let mut record = record;
+    loop {
+        let parked = record
+            .driven
+            .as_ref()
+            .is_some_and(|driven| driven.parked.get());
+        if record.state.get() == State::Active && !parked {
+            record.awaiting.set(ptr::null());
+        }
+        let next = record.driving.get();
+        if next.is_null() {
+            return;
+        }
+        // SAFETY: a greenlet driving another is suspended in that one's poll or drop, which
+        // holds a reference to it until it clears the link.
+        record = unsafe { &*next };
+    }
+}
+
 /// The bridge state of a driven greenlet's record.
 #[inline(always)]
 fn driven_state(record: &Record) -> &Driven {
@@ -277,10 +304,14 @@ impl<'a, R> DrivenGreenlet<'a, R> {
         }
         record.await_cx.set(cx as *mut Context<'_> as *mut ());
         driven.poller.set(me);
+        // SAFETY: the running greenlet's record is alive.
+        let driving = unsafe { &(*me).driving };
+        driving.set(target);
         let word = protocol_word(sender_is_plain(me));
         // SAFETY: `me` runs; the target is unstarted or suspended in `awaitlet`, awaiting a
         // `Resume` (zero-sized: any untagged word), and our record reference keeps it alive.
         let (word, origin) = unsafe { switch_to::<Yielded>(me, target, word) };
+        driving.set(ptr::null());
         driven.poller.set(ptr::null());
         // A greenlet suspending in `awaitlet` checked the trace hook before sending 0 (see
         // `SETTLE`), and left the context taken out of its record; a finishing one leaves the
@@ -371,12 +402,11 @@ impl<'a, R> DrivenGreenlet<'a, R> {
     ) -> Poll<R> {
         let target = RecordRef::as_ptr(&self.record);
         let record = &*self.record;
-        if record.state.get() == State::Active && !driven_state(record).parked.get() {
-            // `f` is suspended in a greenlet switch outside `awaitlet`, which no poll resumes
-            // (see `prepare`) and nothing else may: take its key off the fast path of any
-            // switch (the others refuse it, see `resumable`).
-            record.awaiting.set(ptr::null());
-        }
+        // `f` is suspended in a greenlet switch outside `awaitlet` (which no poll resumes, see
+        // `prepare`, and nothing else may), or in the poll or drop of another `AsyncDef`, which
+        // can now never go on: take its key, and those of the greenlets it drives, off the fast
+        // path of any switch (the slow path refuses them, see `resumable`).
+        clear_driven_keys(record);
         if cx_in_use {
             eprintln!(
                 "awaitlet: a greenlet switch resumed the greenlet polling an AsyncDef while \
@@ -463,7 +493,11 @@ fn cancel(record: &RecordRef) {
     }
     let driven = driven_state(record);
     driven.cancelled.set(true);
-    driven.canceller.set(current_record());
+    let canceller = current_record();
+    driven.canceller.set(canceller);
+    // SAFETY: the running greenlet's record is alive.
+    let driving = unsafe { &(*canceller).driving };
+    let outer_driving = driving.replace(RecordRef::as_ptr(record));
     // SAFETY: `record` is alive (the caller's reference).
     let victim = unsafe { handle_from_raw(RecordRef::as_ptr(record)) };
     let original_parent = record.parent.replace(Some(getcurrent()));
@@ -477,6 +511,7 @@ fn cancel(record: &RecordRef) {
             );
         }
     }
+    driving.set(outer_driving);
     driven.canceller.set(ptr::null());
     let stand_in = record.parent.replace(original_parent);
     drop(stand_in);
