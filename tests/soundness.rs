@@ -399,3 +399,50 @@ fn a_misused_poll_names_public_concepts_only() {
         assert!(!message.contains(private), "names {private}: {message}");
     }
 }
+
+/// Compiles only when `$type` is not `$trait` (two candidate impls make the call ambiguous when
+/// it is).
+macro_rules! assert_not_impl {
+    ($type:ty: $trait:path) => {{
+        trait AmbiguousIfImpl<A> {
+            fn check() {}
+        }
+        impl<T: ?Sized> AmbiguousIfImpl<()> for T {}
+        impl<T: ?Sized + $trait> AmbiguousIfImpl<u8> for T {}
+        <$type as AmbiguousIfImpl<_>>::check();
+    }};
+}
+
+fn is_send_and_sync<T: Send + Sync>() {}
+
+#[test]
+fn everything_holding_a_stack_or_a_greenlet_stays_on_its_thread() {
+    // Each of these holds (or can hold) a stack, a greenlet record or a thread-bound hook.
+    assert_not_impl!(Greenlet: Send);
+    assert_not_impl!(Greenlet: Sync);
+    assert_not_impl!(awaitlet::greenlet::Builder: Send);
+    assert_not_impl!(awaitlet::greenlet::Builder: Sync);
+    assert_not_impl!(AsyncDef<'static, u8>: Send);
+    assert_not_impl!(AsyncDef<'static, u8>: Sync);
+    assert_not_impl!(awaitlet::AssertAwaitOccurs<'static, u8>: Send);
+    assert_not_impl!(awaitlet::AssertAwaitOccurs<'static, u8>: Sync);
+    assert_not_impl!(awaitlet::stack::Stack: Send);
+    assert_not_impl!(awaitlet::stack::Stack: Sync);
+    assert_not_impl!(awaitlet::greenlet::TraceHook: Send);
+    // A switch error carries any value, which need not be `Send`.
+    assert_not_impl!(awaitlet::SwitchError: Send);
+    // Plain values: errors, markers, payloads, events.
+    is_send_and_sync::<Cancelled>();
+    is_send_and_sync::<awaitlet::GreenletExit>();
+    is_send_and_sync::<awaitlet::ParentError>();
+    is_send_and_sync::<awaitlet::NoAwaitletContext>();
+    is_send_and_sync::<awaitlet::NoAwaitOccurred>();
+    is_send_and_sync::<awaitlet::stack::StackError>();
+    is_send_and_sync::<awaitlet::greenlet::TraceEvent>();
+    // The io adapters hold only the stream: they move with it, and wait on whatever thread
+    // calls them from inside an async_def.
+    is_send_and_sync::<awaitlet::io::SyncReader<futures::io::Cursor<Vec<u8>>>>();
+    is_send_and_sync::<awaitlet::io::SyncWriter<futures::io::Cursor<Vec<u8>>>>();
+    is_send_and_sync::<awaitlet::io::tokio::SyncReader<tokio::io::Empty>>();
+    is_send_and_sync::<awaitlet::io::tokio::SyncWriter<tokio::io::Sink>>();
+}
