@@ -44,6 +44,28 @@
 //! hand, the poll cannot return at all (the `cx` would dangle): the process aborts with a
 //! message. `awaitlet` inside a future that `awaitlet` is polling is refused, as in Python
 //! (rule 73), for the same reason.
+//!
+//! # Who may resume the function
+//!
+//! `f` may borrow for any `'a`, and a handle to its greenlet can outlive `'a`. Its poll and its
+//! drop resume it by the protocol; anything else (a switch, a throw, a finished child's
+//! result) must pass [`resumable`]: the greenlet is being polled or dropped by a driver whose
+//! own frames are live, down a chain of drivers to one that cannot be frozen with dangling
+//! borrows. A poll can be frozen on the stack of another `async_def` whose poll broke and
+//! which was then leaked; so a broken poll also takes every greenlet it drives off the
+//! switch's fast path ([`clear_driven_keys`]), which checks nothing on the receiving side.
+//!
+//! ```text
+//!   main: poll(inner) --switch--> inner's f: poll(outer) --switch--> outer's f
+//!         (broken: outer's f switched                               | stash getcurrent(),
+//!          straight to main; inner's poll                            | switch to main
+//!          panics)                                                   |
+//!   mem::forget(inner): outer's poll stays frozen on inner's stack, "in progress" for good;
+//!   outer's borrows end; a switch into outer's f through the stashed handle must fail:
+//!   outer's driver (inner) is itself driven and no longer polled or dropped.
+//! ```
+//!
+//! The whole argument, with the crate's other invariants, is in `docs/SOUNDNESS.md`.
 
 use std::cell::Cell;
 use std::future::Future;
