@@ -411,10 +411,12 @@ pub(super) unsafe fn build_record<A: 'static, F>(
     name: Option<Cow<'static, str>>,
     extra: Option<Extra>,
 ) -> RecordRef {
-    // From the top of the stack down: the closure, the slot, the record, then the context
-    // (right below the record: see `arch::context_below`) and the first frame.
+    // From the top of the stack down, below its cache colour: the closure, the slot, the
+    // record, then the context (right below the record: see `arch::context_below`) and the
+    // first frame.
+    let top = stack.top() as usize - cache_colour(stack.top() as usize);
     let closure_align = std::mem::align_of::<F>().max(16);
-    let closure = (stack.top() as usize - std::mem::size_of::<F>()) & !(closure_align - 1);
+    let closure = (top - std::mem::size_of::<F>()) & !(closure_align - 1);
     let slot_at = match &extra {
         Some(extra) => (closure - extra.slot.size()) & !(extra.slot.align().max(16) - 1),
         None => closure,
@@ -485,6 +487,27 @@ pub(super) unsafe fn build_record<A: 'static, F>(
         RecordRef::from_raw(record_at as *const Record)
     }
 }
+
+/// How far below its stack's top a greenlet's closure, record, context and first frames
+/// start: one of 2^[`CACHE_COLOUR_BITS`] multiples of a cache line, picked by a hash of the top's
+/// page number.
+///
+/// Stack tops are page aligned (and, pooled or carved from slabs, spaced by a fixed stride), so
+/// without this every greenlet's record and saved context would fall at the same offset within
+/// a page, into the same few sets of every cache, which they would then evict from each other
+/// long before the cache is full: with many greenlets suspended, every resume missed the whole
+/// cache hierarchy (see `asm-notes/measurements.md`, "Many tasks"). The colours stay within
+/// half a page, so a shallow greenlet's live top (its record and a few frames) still fits its
+/// top page.
+#[inline(always)]
+fn cache_colour(top: usize) -> usize {
+    let page = (top >> 12) as u64;
+    let colour = page.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - CACHE_COLOUR_BITS);
+    colour as usize * 64
+}
+
+/// log2 of the number of cache colours: 32 lines, half a 4 KiB page.
+const CACHE_COLOUR_BITS: u32 = 5;
 
 /// A value in flight, when it travels in a [`Message`]: its bytes stay in the sender's frame
 /// until the receiver moves them, and so does this description of them.
