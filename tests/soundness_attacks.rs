@@ -569,3 +569,118 @@ fn cancellation_by_a_greenlet_the_function_started_leaves_no_parent_cycle() {
         "the cancelled function's parent chain does not end at main"
     );
 }
+
+/// Holds a suspended greenlet and, when destroyed at thread exit, switches into it.
+struct ResumesOnDrop(RefCell<Option<Greenlet>>);
+
+impl Drop for ResumesOnDrop {
+    fn drop(&mut self) {
+        if let Some(sleeper) = self.0.borrow_mut().take() {
+            let _ = sleeper.switch::<(), ()>(());
+            std::mem::forget(sleeper);
+        }
+    }
+}
+
+thread_local! {
+    static RESUMER_BEFORE: Tracked = Tracked::new();
+    static RESUMER: ResumesOnDrop = const { ResumesOnDrop(RefCell::new(None)) };
+    static RESUMER_AFTER: Tracked = Tracked::new();
+}
+
+#[test]
+fn a_switch_from_a_thread_local_destructor_never_resumes_a_greenlet_inside_a_destroyed_thread_local()
+ {
+    let _one_at_a_time = THREAD_EXIT_LOCK
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner());
+    reset_thread_exit_flags();
+    std::thread::spawn(|| {
+        RESUMER_BEFORE.with(|_| {});
+        RESUMER.with(|_| {});
+        RESUMER_AFTER.with(|_| {});
+        let main = getcurrent();
+        let sleeper = Greenlet::new(move |()| {
+            RESUMER_BEFORE.with(|before| {
+                RESUMER_AFTER.with(|after| {
+                    let _ = main.switch::<(), ()>(());
+                    // Resumed by a thread-local destructor: read both values.
+                    before.read();
+                    after.read();
+                    let _ = main.switch::<(), ()>(());
+                })
+            })
+        });
+        sleeper.switch::<(), ()>(()).unwrap();
+        RESUMER.with(|resumer| *resumer.0.borrow_mut() = Some(sleeper));
+    })
+    .join()
+    .expect("the thread exits cleanly");
+    assert_eq!(TRACKED_DROPPED.load(Ordering::SeqCst), 2);
+    assert!(
+        !READ_AFTER_DROP.load(Ordering::SeqCst),
+        "a greenlet resumed from a thread-local destructor read a thread-local destroyed before"
+    );
+}
+
+#[test]
+fn a_trace_hook_may_drive_an_async_def_of_its_own() {
+    type Task = std::pin::Pin<Box<AsyncDef<'static, u32>>>;
+    let task: Rc<RefCell<Option<Task>>> = Rc::new(RefCell::new(Some(Box::pin(async_def(|| {
+        let main_now = getcurrent().parent().unwrap();
+        // A switch inside the hook's poll: refused or not, the hook must come back.
+        let _ = catch(|| main_now.switch::<(), ()>(()));
+        awaitlet(pending_then(2, 7u32))
+    })))));
+    let result = Rc::new(Cell::new(None));
+    let (task_in, result_in) = (Rc::clone(&task), Rc::clone(&result));
+    settrace(Some(Rc::new(move |_event, _origin, _target| {
+        let Ok(mut slot) = task_in.try_borrow_mut() else {
+            return;
+        };
+        if let Some(running) = slot.as_mut()
+            && let Ok(Poll::Ready(value)) = catch(|| poll_once(running))
+        {
+            result_in.set(Some(value));
+            *slot = None;
+        }
+    })));
+    for _ in 0..8 {
+        let plain = Greenlet::new(|()| ());
+        let _ = catch(|| plain.switch::<(), ()>(()));
+    }
+    settrace(None);
+    drop(task.borrow_mut().take());
+    assert!(!std::thread::panicking());
+}
+
+#[test]
+fn greenlets_leaked_by_their_own_handles_never_run_again_at_thread_exit() {
+    static RAN_AGAIN: AtomicBool = AtomicBool::new(false);
+    std::thread::spawn(|| {
+        let main = getcurrent();
+        // Forgets a handle to itself, then suspends for good.
+        let forgetful = Greenlet::new({
+            let main = main.clone();
+            move |()| {
+                std::mem::forget(getcurrent());
+                let _ = main.switch::<(), ()>(());
+                RAN_AGAIN.store(true, Ordering::SeqCst);
+            }
+        });
+        forgetful.switch::<(), ()>(()).unwrap();
+        // Holds its own handle in a cycle, then suspends for good.
+        let cycle: Rc<RefCell<Option<Greenlet>>> = Rc::default();
+        let cycle_in = Rc::clone(&cycle);
+        let cyclic = Greenlet::new(move |()| {
+            let _me = cycle_in;
+            let _ = main.switch::<(), ()>(());
+            RAN_AGAIN.store(true, Ordering::SeqCst);
+        });
+        *cycle.borrow_mut() = Some(cyclic.clone());
+        cyclic.switch::<(), ()>(()).unwrap();
+    })
+    .join()
+    .expect("the thread exits cleanly");
+    assert!(!RAN_AGAIN.load(Ordering::SeqCst));
+}
