@@ -684,3 +684,53 @@ fn greenlets_leaked_by_their_own_handles_never_run_again_at_thread_exit() {
     .expect("the thread exits cleanly");
     assert!(!RAN_AGAIN.load(Ordering::SeqCst));
 }
+
+// ---------------------------------------------------------------------------------------------
+// A trace hook that panics on a greenlet's start: the greenlet dies of that panic without
+// running, and what it was handed (its argument, its closure) is dropped in its entry function,
+// where nothing can unwind. A destructor that panics there must not abort the process.
+// ---------------------------------------------------------------------------------------------
+
+/// In a child process: sets a hook that panics on its first call, then starts `greenlet` with
+/// `argument`; the hook's panic must reach main, and the process must survive.
+fn start_under_a_panicking_hook<A: 'static>(greenlet: Greenlet, argument: A) {
+    let calls = Rc::new(Cell::new(0));
+    let counted = Rc::clone(&calls);
+    settrace(Some(Rc::new(move |_event, _origin, _target| {
+        counted.set(counted.get() + 1);
+        if counted.get() == 1 {
+            panic!("the hook fails at the start");
+        }
+    })));
+    let outcome = catch(|| greenlet.switch::<A, ()>(argument));
+    settrace(None);
+    let payload = outcome.expect_err("the hook's panic reaches main");
+    assert_eq!(text(&*payload), "the hook fails at the start");
+    assert!(greenlet.is_dead());
+    println!("CHILD-OK");
+}
+
+#[test]
+fn a_trace_hook_panicking_at_a_start_does_not_abort_when_the_argument_panics_on_drop() {
+    const NAME: &str =
+        "a_trace_hook_panicking_at_a_start_does_not_abort_when_the_argument_panics_on_drop";
+    if is_child("hook-start-argument") {
+        let greenlet = Greenlet::new(|_argument: common::PanicOnDrop| ());
+        start_under_a_panicking_hook(greenlet, common::PanicOnDrop("the argument's drop"));
+        return;
+    }
+    check_child_ok(run_child(NAME, "hook-start-argument"));
+}
+
+#[test]
+fn a_trace_hook_panicking_at_a_start_does_not_abort_when_the_closure_panics_on_drop() {
+    const NAME: &str =
+        "a_trace_hook_panicking_at_a_start_does_not_abort_when_the_closure_panics_on_drop";
+    if is_child("hook-start-closure") {
+        let captured = common::PanicOnDrop("the closure's drop");
+        let greenlet = Greenlet::new(move |()| drop(captured));
+        start_under_a_panicking_hook(greenlet, ());
+        return;
+    }
+    check_child_ok(run_child(NAME, "hook-start-closure"));
+}
