@@ -734,3 +734,27 @@ fn a_trace_hook_panicking_at_a_start_does_not_abort_when_the_closure_panics_on_d
     }
     check_child_ok(run_child(NAME, "hook-start-closure"));
 }
+
+#[test]
+fn a_trace_hook_panicking_at_an_async_def_start_does_not_abort_when_the_function_panics_on_drop() {
+    const NAME: &str = "a_trace_hook_panicking_at_an_async_def_start_does_not_abort_when_the_function_panics_on_drop";
+    if is_child("hook-start-async-def") {
+        let captured = common::PanicOnDrop("the function's drop");
+        let mut task = Box::pin(async_def(move || drop(captured)));
+        let calls = Rc::new(Cell::new(0));
+        let counted = Rc::clone(&calls);
+        settrace(Some(Rc::new(move |_event, _origin, _target| {
+            counted.set(counted.get() + 1);
+            if counted.get() == 1 {
+                panic!("the hook fails at the start");
+            }
+        })));
+        let outcome = catch(|| poll_once(&mut task));
+        settrace(None);
+        let payload = outcome.expect_err("the hook's panic comes out of the poll");
+        assert_eq!(text(&*payload), "the hook fails at the start");
+        println!("CHILD-OK");
+        return;
+    }
+    check_child_ok(run_child(NAME, "hook-start-async-def"));
+}
