@@ -758,3 +758,40 @@ fn a_trace_hook_panicking_at_an_async_def_start_does_not_abort_when_the_function
     }
     check_child_ok(run_child(NAME, "hook-start-async-def"));
 }
+
+#[test]
+fn a_greenlet_starting_while_it_kills_its_abandoned_starter_does_not_abort_on_a_discarded_result() {
+    // Rule 43: a greenlet that dropped every handle to itself and switches is killed by the
+    // receiver. Here the receiver is starting, in its entry function, where nothing can unwind;
+    // the victim catches the exit and returns a value whose destructor panics, which the kill
+    // discards.
+    const NAME: &str = "a_greenlet_starting_while_it_kills_its_abandoned_starter_does_not_abort_on_a_discarded_result";
+    if is_child("abandoned-starter") {
+        let worker_slot: Rc<RefCell<Option<Greenlet>>> = Rc::default();
+        let initiator_slot: Rc<RefCell<Option<Greenlet>>> = Rc::default();
+        let (worker_self, initiator_in) = (Rc::clone(&worker_slot), Rc::clone(&initiator_slot));
+        let worker = Greenlet::new(move |()| {
+            let parent = getcurrent().parent().unwrap();
+            parent.switch::<(), ()>(()).unwrap();
+            // Drop every handle to itself (the slot's, and the initiator's parent link).
+            drop(worker_self.borrow_mut().take());
+            let initiator = initiator_in.borrow_mut().take().unwrap();
+            initiator.set_parent(&parent).unwrap();
+            drop(initiator);
+            let starter = Greenlet::builder().parent(&parent).build(|()| ()).unwrap();
+            let caught = catch(|| starter.switch::<(), ()>(()));
+            assert!(caught.is_err(), "the switch away ends in the kill");
+            common::PanicOnDrop("the killed starter's result")
+        });
+        worker.switch::<(), ()>(()).unwrap();
+        *worker_slot.borrow_mut() = Some(worker.clone());
+        let initiator = Greenlet::builder().parent(&worker).build(|()| ()).unwrap();
+        drop(worker);
+        *initiator_slot.borrow_mut() = Some(initiator.clone());
+        let outcome = catch(|| initiator.switch::<(), ()>(()));
+        println!("outcome: {:?}", outcome.map_err(|payload| text(&*payload)));
+        println!("CHILD-OK");
+        return;
+    }
+    check_child_ok(run_child(NAME, "abandoned-starter"));
+}
