@@ -1233,7 +1233,8 @@ fn settle_traced<R>(
     match traced {
         Ok(()) => received,
         Err(panic) => {
-            drop(received);
+            // In a greenlet's start, nothing may unwind: a destructor's panic is discarded.
+            drop_quietly(received, "a value replaced by a trace hook's panic");
             Err(Ok(panic))
         }
     }
@@ -1321,19 +1322,33 @@ pub(crate) fn kill_abandoned(victim: &Greenlet) {
     // Released outside the borrow: dropping the stand-in may run code that reads the link.
     let stand_in = victim.record.parent.replace(original_parent);
     drop(stand_in);
-    if let Err(Ok(panic)) = outcome {
-        // Rule 36: a kill that turned into another panic is reported, never raised from drop.
-        // The panic hook has already printed it where it happened.
-        discard_panic(panic);
-        eprintln!(
-            "awaitlet: {victim:?} panicked while being killed on drop; the panic was discarded"
-        );
+    match outcome {
+        Err(Ok(panic)) => {
+            // Rule 36: a kill that turned into another panic is reported, never raised from
+            // drop. The panic hook has already printed it where it happened.
+            discard_panic(panic);
+            eprintln!(
+                "awaitlet: {victim:?} panicked while being killed on drop; the panic was discarded"
+            );
+        }
+        // What came back instead (a value the victim returned, or sent by a switch) is nobody's.
+        other => drop_quietly(other, "a value that came back from a kill on drop"),
     }
     if !dead && RecordRef::count(&victim.record) == 2 {
         // Rule 37: it caught GreenletExit and switched away without keeping a handle to itself.
         // Its frames are live on its stack, so it can be neither resumed nor freed: leak it.
         eprintln!("awaitlet: GreenletExit did not kill {victim:?}; leaking it");
         std::mem::forget(victim.clone());
+    }
+}
+
+/// Drops `value`, which nobody will receive, from code that must not panic (a `drop`, or a
+/// greenlet's start or end, which cannot unwind): a panic from its destructor is discarded with
+/// a line on stderr (the panic hook has reported the panic itself).
+pub(crate) fn drop_quietly<T>(value: T, what: &str) {
+    if let Err(panic) = catch_unwind(AssertUnwindSafe(move || drop(value))) {
+        discard_panic(panic);
+        eprintln!("awaitlet: dropping {what} panicked; the panic was discarded");
     }
 }
 
@@ -1423,8 +1438,18 @@ pub(super) unsafe fn begin<A: 'static>(
 /// The closure must never have been moved out.
 #[cold]
 pub(super) unsafe fn refuse_start(start: Start, panic: Box<dyn Any + Send>) -> Box<dyn Any + Send> {
-    // SAFETY: the caller's contract; the closure is dropped once, here.
-    unsafe { (start.drop_closure)(start.closure) };
+    // SAFETY: the caller's contract; the closure is dropped once, here. In a greenlet's start
+    // nothing may unwind, so a panic from the closure's destructor is discarded.
+    let dropped = catch_unwind(AssertUnwindSafe(|| unsafe {
+        (start.drop_closure)(start.closure)
+    }));
+    if let Err(drop_panic) = dropped {
+        discard_panic(drop_panic);
+        eprintln!(
+            "awaitlet: dropping the closure of a greenlet that died before running panicked; the \
+             panic was discarded"
+        );
+    }
     panic
 }
 

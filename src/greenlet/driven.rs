@@ -77,9 +77,9 @@ use std::task::{Context, Poll};
 
 use super::core::{
     Extra, Payload, Record, RecordRef, State, begin, build_record, current_record,
-    current_record_held, discard_panic, final_switch, finish, handle_from_raw, raise_delivered,
-    receive_out_of_line, refuse_start, release_finished_held, running_record_if_any,
-    sender_is_plain, switch_to, switch_to_unlinked, transfer_raw,
+    current_record_held, discard_panic, drop_quietly, final_switch, finish, handle_from_raw,
+    raise_delivered, receive_out_of_line, refuse_start, release_finished_held,
+    running_record_if_any, sender_is_plain, switch_to, switch_to_unlinked, transfer_raw,
 };
 use super::{Greenlet, getcurrent, trace};
 use crate::stack::{Stack, StackError};
@@ -484,7 +484,7 @@ impl<R> Drop for DrivenGreenlet<'_, R> {
         match unsafe { (*self.slot()).take() } {
             // A value nobody took (say, `f` swallowed `Cancelled` and returned) is dropped as
             // any value is; a panic nobody raised is discarded without panicking the drop.
-            Some(Ok(value)) => drop(value),
+            Some(Ok(value)) => drop_quietly(value, "the value of a dropped AsyncDef's function"),
             Some(Err(panic)) => discard_panic(panic),
             None => {}
         }
@@ -522,23 +522,57 @@ fn cancel(record: &RecordRef) {
     let outer_driving = driving.replace(RecordRef::as_ptr(record));
     // SAFETY: `record` is alive (the caller's reference).
     let victim = unsafe { handle_from_raw(RecordRef::as_ptr(record)) };
-    let original_parent = record.parent.replace(Some(getcurrent()));
+    let dropper = getcurrent();
+    // A dropping greenlet that `f` started (or one of its descendants) has `f` up its parent
+    // chain: made `f`'s parent, it would close a cycle, and parent chains must end at main
+    // (rules 46-47). For the duration, the greenlet on its chain whose parent is `f` gets
+    // `f`'s own parent instead.
+    let detached = child_on_chain(&dropper, record);
+    let original_parent = record.parent.replace(Some(dropper));
+    let reattach = detached.map(|child| {
+        let previous = child.record.parent.replace(original_parent.clone());
+        (child, previous)
+    });
     while record.state.get() != State::Dead {
         let cancel = Payload::Panic(Box::new(Cancelled));
-        if let Err(Ok(panic)) = transfer_raw::<Yielded>(&victim, cancel) {
-            // A drop must not panic: report and go on cancelling.
-            discard_panic(panic);
-            eprintln!(
-                "awaitlet: a panic reached the greenlet dropping an AsyncDef; it was discarded"
-            );
+        match transfer_raw::<Yielded>(&victim, cancel) {
+            Err(Ok(panic)) => {
+                // A drop must not panic: report and go on cancelling.
+                discard_panic(panic);
+                eprintln!(
+                    "awaitlet: a panic reached the greenlet dropping an AsyncDef; it was discarded"
+                );
+            }
+            other => drop_quietly(
+                other,
+                "a value switched to the greenlet dropping an AsyncDef",
+            ),
         }
     }
     driving.set(outer_driving);
     driven.canceller.set(ptr::null());
+    if let Some((child, previous)) = reattach {
+        // Released outside the borrow, like the stand-in below.
+        let stand_in = child.record.parent.replace(previous);
+        drop(stand_in);
+    }
     let stand_in = record.parent.replace(original_parent);
     drop(stand_in);
     driven.parented.set(ptr::null());
     drop(victim);
+}
+
+/// The greenlet on `from`'s parent chain (`from` included) whose parent is `ancestor`, if
+/// `ancestor` is on that chain.
+fn child_on_chain(from: &Greenlet, ancestor: &RecordRef) -> Option<Greenlet> {
+    let mut candidate = from.clone();
+    loop {
+        let parent = candidate.parent()?;
+        if RecordRef::ptr_eq(&parent.record, ancestor) {
+            return Some(candidate);
+        }
+        candidate = parent;
+    }
 }
 
 /// Builds a driven greenlet's record for `f` on `stack`.
