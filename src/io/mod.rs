@@ -28,16 +28,22 @@
 //! Two families, one per async I/O ecosystem:
 //!
 //! - over `futures_io::AsyncRead`/`AsyncWrite` (the `futures` crate, smol, async-std,
-//!   async-net): `io::SyncReader` and `io::SyncWriter`, with the `futures-io` feature (on by
-//!   default);
-//! - over tokio's `AsyncRead`/`AsyncWrite`: `io::tokio::SyncReader` and
-//!   `io::tokio::SyncWriter`, with the `tokio` feature.
+//!   async-net): `io::SyncReader`, `io::SyncWriter` and `io::SyncStream`, with the
+//!   `futures-io` feature (on by default);
+//! - over tokio's `AsyncRead`/`AsyncWrite`: `io::tokio::SyncReader`, `io::tokio::SyncWriter`
+//!   and `io::tokio::SyncStream`, with the `tokio` feature.
+//!
+//! A reader and a writer each take one direction. `SyncStream` takes both directions of one
+//! stream (a socket, say) and is `Read + BufRead + Write` at once, which is what
+//! request/response protocols want: it buffers writes and sends them on `flush` and before any
+//! read that has to wait, so a request can neither stall on Nagle's algorithm nor sit in a
+//! buffer while the read waits for its reply.
 //!
 //! The readers buffer like [`std::io::BufReader`] (8 KiB unless told otherwise, allocated once, at
 //! construction); the writers are unbuffered, so each `write` is one `poll_write`, awaited until
 //! it is ready (wrap a writer in [`std::io::BufWriter`] to batch small writes, and flush it before
-//! the end). The inner stream must be [`Unpin`]; a stream that is not can be passed as
-//! `Box::pin(stream)`.
+//! the end). A `SyncStream` buffers both ways, 8 KiB each. The inner stream must be [`Unpin`];
+//! a stream that is not can be passed as `Box::pin(stream)`.
 //!
 //! # Contracts
 //!
@@ -102,7 +108,10 @@
 //! assert_eq!(document["stars"], 5);
 //! ```
 
+#[cfg(any(feature = "futures-io", feature = "tokio"))]
+mod stream;
 #[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub mod tokio;
 
 #[cfg(any(feature = "futures-io", feature = "tokio"))]
@@ -526,5 +535,284 @@ impl<W: AsyncWrite + Unpin> Write for SyncWriter<W> {
     fn flush(&mut self) -> io::Result<()> {
         let inner = &mut self.inner;
         await_io(poll_fn(|cx| Pin::new(&mut *inner).poll_flush(cx)))
+    }
+}
+
+/// The `futures-io` side of the engine behind [`SyncStream`].
+#[cfg(feature = "futures-io")]
+struct FuturesIo<S>(S);
+
+#[cfg(feature = "futures-io")]
+impl<S: AsyncRead + AsyncWrite + Unpin> stream::Transport for FuturesIo<S> {
+    fn poll_read_into(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        target: &mut [u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_read(cx, target)
+    }
+
+    fn poll_write_from(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        bytes: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, bytes)
+    }
+
+    fn poll_flush_out(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_close_out(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_close(cx)
+    }
+}
+
+/// `std::io::Read` + `BufRead` + `Write` over one two-way `futures_io` stream (a smol or
+/// async-std `TcpStream`, say), for request/response code inside [`async_def`](crate::async_def).
+///
+/// Reads are buffered like [`SyncReader`]'s. Writes are buffered too (8 KiB), and sent, with a
+/// flush of the stream, at two moments: on [`flush`](Write::flush) and [`close`](Self::close),
+/// and when a read finds the stream empty and has to wait. So a protocol that writes a request
+/// in many small pieces sends it as one, and a read never waits for the reply to a request still
+/// sitting in the buffer. A write at least as large as the buffer goes straight to the stream.
+///
+/// Dropping it neither sends the buffered writes nor closes the stream: call
+/// [`close`](Self::close) (or `flush`) first. Outside `async_def`, writes that fit the buffer
+/// succeed and every call that needs the stream returns an error wrapping
+/// [`NoAwaitletContext`](crate::NoAwaitletContext). The [module docs](self#contracts) list the
+/// contracts kept.
+///
+/// A client speaks a line protocol to a smol server on 127.0.0.1 that answers each line in
+/// capitals. Each request is written in two pieces and sent as one, when `read_line` finds no
+/// reply yet.
+///
+/// ```
+/// use std::io::{BufRead, Write};
+/// use awaitlet::{async_def, awaitlet, io::SyncStream};
+/// use futures::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+///
+/// smol::block_on(async {
+///     let listener = smol::net::TcpListener::bind("127.0.0.1:0").await?;
+///     let address = listener.local_addr()?;
+///     let server = async move {
+///         let (mut socket, _) = listener.accept().await?;
+///         let mut reader = BufReader::new(socket.clone());
+///         let mut line = String::new();
+///         while reader.read_line(&mut line).await? > 0 {
+///             socket.write_all(line.to_uppercase().as_bytes()).await?;
+///             line.clear();
+///         }
+///         Ok::<_, std::io::Error>(())
+///     };
+///     let client = async_def(|| {
+///         let mut stream = SyncStream::new(awaitlet(smol::net::TcpStream::connect(address))?);
+///         let mut replies = Vec::new();
+///         for word in ["ping", "pong"] {
+///             write!(stream, "{word}")?; // buffered
+///             writeln!(stream)?; // buffered
+///             let mut reply = String::new();
+///             stream.read_line(&mut reply)?; // sends the request, then waits for the reply
+///             replies.push(reply);
+///         }
+///         stream.close()?; // the server sees the end of the stream and stops
+///         Ok::<_, std::io::Error>(replies)
+///     });
+///     let (served, replies) = futures::future::join(server, client).await;
+///     served?;
+///     assert_eq!(replies?, ["PING\n", "PONG\n"]);
+///     Ok::<_, std::io::Error>(())
+/// })
+/// .unwrap();
+/// ```
+#[cfg(feature = "futures-io")]
+pub struct SyncStream<S> {
+    engine: stream::Duplex<FuturesIo<S>>,
+}
+
+#[cfg(feature = "futures-io")]
+impl<S: AsyncRead + AsyncWrite + Unpin> SyncStream<S> {
+    /// Wraps `inner` with an 8 KiB read buffer and an 8 KiB write buffer.
+    ///
+    /// ```
+    /// use awaitlet::io::SyncStream;
+    ///
+    /// let stream = SyncStream::new(futures::io::Cursor::new(Vec::new()));
+    /// assert_eq!(stream.capacity(), 8 * 1024);
+    /// ```
+    pub fn new(inner: S) -> SyncStream<S> {
+        SyncStream::with_capacity(DEFAULT_CAPACITY, DEFAULT_CAPACITY, inner)
+    }
+
+    /// Wraps `inner` with buffers of the sizes given. A write buffer of zero sends every write
+    /// to the stream at once (and a read still flushes the stream before it waits).
+    ///
+    /// ```
+    /// use awaitlet::io::SyncStream;
+    ///
+    /// let stream = SyncStream::with_capacity(512, 64, futures::io::Cursor::new(Vec::new()));
+    /// assert_eq!(stream.capacity(), 512);
+    /// ```
+    pub fn with_capacity(read_capacity: usize, write_capacity: usize, inner: S) -> SyncStream<S> {
+        SyncStream {
+            engine: stream::Duplex::new(FuturesIo(inner), read_capacity, write_capacity),
+        }
+    }
+
+    /// Sends the buffered writes, flushes the stream, then closes it (`poll_close`): for a
+    /// socket, the peer sees the end of the stream, and this side can still read the rest of
+    /// what the peer sends.
+    ///
+    /// ```
+    /// use std::io::Write;
+    /// use awaitlet::{async_def, io::SyncStream};
+    ///
+    /// let mut stream = SyncStream::new(futures::io::Cursor::new(Vec::new()));
+    /// futures::executor::block_on(async_def(|| {
+    ///     stream.write_all(b"last words")?; // buffered
+    ///     stream.close() // sent, then closed
+    /// }))
+    /// .unwrap();
+    /// assert_eq!(stream.into_inner().into_inner(), b"last words");
+    /// ```
+    pub fn close(&mut self) -> io::Result<()> {
+        self.engine.close()
+    }
+}
+
+#[cfg(feature = "futures-io")]
+impl<S> SyncStream<S> {
+    /// The inner stream.
+    ///
+    /// ```
+    /// use awaitlet::io::SyncStream;
+    ///
+    /// let stream = SyncStream::new(futures::io::Cursor::new(vec![1, 2]));
+    /// assert_eq!(stream.get_ref().get_ref(), &[1, 2]);
+    /// ```
+    pub fn get_ref(&self) -> &S {
+        &self.engine.transport.0
+    }
+
+    /// The inner stream, mutably. Using it directly bypasses both buffers, so the bytes would
+    /// be out of order.
+    ///
+    /// ```
+    /// use awaitlet::io::SyncStream;
+    ///
+    /// let mut stream = SyncStream::new(futures::io::Cursor::new(vec![1, 2]));
+    /// stream.get_mut().set_position(1);
+    /// assert_eq!(stream.get_ref().position(), 1);
+    /// ```
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.engine.transport.0
+    }
+
+    /// Unwraps the inner stream. Bytes read ahead and not yet handed out
+    /// ([`read_buffer`](Self::read_buffer)) and bytes written and not yet sent
+    /// ([`write_buffer`](Self::write_buffer)) are dropped: `flush` first if the writes matter.
+    ///
+    /// ```
+    /// use std::io::Write;
+    /// use awaitlet::{async_def, io::SyncStream};
+    ///
+    /// let mut stream = SyncStream::new(futures::io::Cursor::new(Vec::new()));
+    /// futures::executor::block_on(async_def(|| {
+    ///     stream.write_all(b"sent")?;
+    ///     stream.flush()
+    /// }))
+    /// .unwrap();
+    /// stream.write_all(b" and not sent").unwrap(); // fits the buffer: no stream needed
+    /// assert_eq!(stream.into_inner().into_inner(), b"sent");
+    /// ```
+    pub fn into_inner(self) -> S {
+        self.engine.transport.0
+    }
+
+    /// The bytes read from the stream and not yet handed out, without reading more.
+    ///
+    /// ```
+    /// use std::io::BufRead;
+    /// use awaitlet::{async_def, io::SyncStream};
+    ///
+    /// let mut stream = SyncStream::new(futures::io::Cursor::new(b"hello".to_vec()));
+    /// futures::executor::block_on(async_def(|| stream.fill_buf().map(|bytes| bytes.len())))
+    ///     .unwrap();
+    /// stream.consume(1);
+    /// assert_eq!(stream.read_buffer(), b"ello");
+    /// ```
+    pub fn read_buffer(&self) -> &[u8] {
+        self.engine.read_buffered()
+    }
+
+    /// The bytes written and not yet sent to the stream.
+    ///
+    /// ```
+    /// use std::io::Write;
+    /// use awaitlet::io::SyncStream;
+    ///
+    /// let mut stream = SyncStream::new(futures::io::Cursor::new(Vec::new()));
+    /// stream.write_all(b"request").unwrap();
+    /// assert_eq!(stream.write_buffer(), b"request");
+    /// ```
+    pub fn write_buffer(&self) -> &[u8] {
+        self.engine.write_buffered()
+    }
+
+    /// The read buffer's size in bytes.
+    ///
+    /// ```
+    /// use awaitlet::io::SyncStream;
+    ///
+    /// let stream = SyncStream::with_capacity(100, 10, futures::io::Cursor::new(Vec::new()));
+    /// assert_eq!(stream.capacity(), 100);
+    /// ```
+    pub fn capacity(&self) -> usize {
+        self.engine.read_capacity()
+    }
+}
+
+#[cfg(feature = "futures-io")]
+impl<S: AsyncRead + AsyncWrite + Unpin> Read for SyncStream<S> {
+    fn read(&mut self, target: &mut [u8]) -> io::Result<usize> {
+        self.engine.read(target)
+    }
+}
+
+#[cfg(feature = "futures-io")]
+impl<S: AsyncRead + AsyncWrite + Unpin> BufRead for SyncStream<S> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        self.engine.fill_buf()
+    }
+
+    fn consume(&mut self, amount: usize) {
+        self.engine.consume(amount);
+    }
+}
+
+#[cfg(feature = "futures-io")]
+impl<S: AsyncRead + AsyncWrite + Unpin> Write for SyncStream<S> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.engine.write(bytes)
+    }
+
+    /// Sends the buffered bytes, then flushes the stream.
+    fn flush(&mut self) -> io::Result<()> {
+        self.engine.send()
+    }
+}
+
+#[cfg(feature = "futures-io")]
+impl<S: fmt::Debug> fmt::Debug for SyncStream<S> {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.engine
+            .describe("SyncStream", &self.engine.transport.0, formatter)
     }
 }

@@ -1,15 +1,18 @@
 //! The adapters over tokio's [`AsyncRead`] and [`AsyncWrite`] (feature `tokio`): [`SyncReader`]
 //! presents a tokio stream as [`std::io::Read`] + [`std::io::BufRead`], [`SyncWriter`] a tokio
-//! sink as [`std::io::Write`], for code running inside [`async_def`](crate::async_def).
+//! sink as [`std::io::Write`], and [`SyncStream`] one two-way stream as both, for code running
+//! inside [`async_def`](crate::async_def).
 //!
 //! They behave as their `futures-io` namesakes in the [parent module](super), which explains
 //! why they exist and lists the contracts they keep (end of stream, errors, `Interrupted`,
 //! `WriteZero`, use outside `async_def`, cancellation). The differences are tokio's: reads go
 //! through a [`ReadBuf`] over the reader's own buffer (or the caller's slice), tokio has no
-//! vectored read, and [`SyncWriter::close`] is `poll_shutdown`.
+//! vectored read, and [`SyncWriter::close`] and [`SyncStream::close`] are `poll_shutdown`.
 //!
 //! The `async_def` future is `!Send`: on tokio, drive it with `block_on` of a current-thread
-//! runtime, or `spawn_local` in a `LocalSet`.
+//! runtime, `spawn_local` in a `LocalSet`, or, from a `Send` context, tokio-util's
+//! `LocalPoolHandle::spawn_pinned` (see [Threads and
+//! executors](crate::bridge#threads-and-executors)).
 //!
 //! # Example
 //!
@@ -45,11 +48,12 @@ use std::{
     future::poll_fn,
     io::{self, BufRead, IoSlice, Read, Write},
     pin::Pin,
+    task::{Context, Poll, ready},
 };
 
 use ::tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::{DEFAULT_CAPACITY, ReadBuffer, await_io};
+use super::{DEFAULT_CAPACITY, ReadBuffer, await_io, stream};
 
 /// `std::io::Read` and `std::io::BufRead` over a tokio [`AsyncRead`] stream (`TcpStream`,
 /// `UnixStream`, `File`, `DuplexStream`, `&[u8]`, ...), for code inside
@@ -186,13 +190,20 @@ impl<R> SyncReader<R> {
     }
 }
 
+/// One `poll_read` of `inner` into `target`: the count of bytes it filled.
+fn poll_read_into<R: AsyncRead + Unpin>(
+    inner: &mut R,
+    cx: &mut Context<'_>,
+    target: &mut [u8],
+) -> Poll<io::Result<usize>> {
+    let mut read_buf = ReadBuf::new(target);
+    ready!(Pin::new(inner).poll_read(cx, &mut read_buf))?;
+    Poll::Ready(Ok(read_buf.filled().len()))
+}
+
 /// One `poll_read` of `inner` into `target`, awaited; the count of bytes it filled.
 fn read_once<R: AsyncRead + Unpin>(inner: &mut R, target: &mut [u8]) -> io::Result<usize> {
-    let mut read_buf = ReadBuf::new(target);
-    await_io(poll_fn(|cx| {
-        Pin::new(&mut *inner).poll_read(cx, &mut read_buf)
-    }))?;
-    Ok(read_buf.filled().len())
+    await_io(poll_fn(|cx| poll_read_into(inner, cx, target)))
 }
 
 impl<R: AsyncRead + Unpin> Read for SyncReader<R> {
@@ -356,5 +367,263 @@ impl<W: AsyncWrite + Unpin> Write for SyncWriter<W> {
     fn flush(&mut self) -> io::Result<()> {
         let inner = &mut self.inner;
         await_io(poll_fn(|cx| Pin::new(&mut *inner).poll_flush(cx)))
+    }
+}
+
+/// The tokio side of the engine behind [`SyncStream`].
+struct TokioIo<S>(S);
+
+impl<S: AsyncRead + AsyncWrite + Unpin> stream::Transport for TokioIo<S> {
+    fn poll_read_into(
+        &mut self,
+        cx: &mut Context<'_>,
+        target: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        poll_read_into(&mut self.0, cx, target)
+    }
+
+    fn poll_write_from(&mut self, cx: &mut Context<'_>, bytes: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, bytes)
+    }
+
+    fn poll_flush_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_close_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// `std::io::Read` + `BufRead` + `Write` over one two-way tokio stream (`TcpStream`,
+/// `UnixStream`, `DuplexStream`, ...), for request/response code inside
+/// [`async_def`](crate::async_def).
+///
+/// It behaves as the `futures-io` [`SyncStream`](super::SyncStream), whose docs say why: reads
+/// are buffered like [`SyncReader`]'s; writes are buffered (8 KiB) and sent, with a flush of
+/// the stream, on [`flush`](Write::flush) and [`close`](Self::close) and whenever a read finds
+/// the stream empty and has to wait. Dropping it neither sends the buffered writes nor shuts the
+/// stream down.
+///
+/// ```
+/// use std::io::{BufRead, Write};
+/// use awaitlet::{async_def, io::tokio::SyncStream};
+/// use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+///
+/// let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+/// let (client_end, server_end) = tokio::io::duplex(1024);
+/// let replies = runtime.block_on(async {
+///     // The server answers each line with the line in capitals.
+///     let server = async move {
+///         let (reading_half, mut writing_half) = tokio::io::split(server_end);
+///         let mut lines = BufReader::new(reading_half).lines();
+///         while let Some(line) = lines.next_line().await? {
+///             writing_half.write_all(format!("{}\n", line.to_uppercase()).as_bytes()).await?;
+///         }
+///         Ok::<_, std::io::Error>(())
+///     };
+///     let client = async_def(|| {
+///         let mut stream = SyncStream::new(client_end);
+///         let mut replies = Vec::new();
+///         for word in ["ping", "pong"] {
+///             writeln!(stream, "{word}")?; // buffered
+///             let mut reply = String::new();
+///             stream.read_line(&mut reply)?; // sends the request, then waits for the reply
+///             replies.push(reply);
+///         }
+///         stream.close()?; // the server sees the end of the stream and stops
+///         Ok::<_, std::io::Error>(replies)
+///     });
+///     let (served, replies) = tokio::join!(server, client);
+///     served.and(replies)
+/// });
+/// assert_eq!(replies.unwrap(), ["PING\n", "PONG\n"]);
+/// ```
+pub struct SyncStream<S> {
+    engine: stream::Duplex<TokioIo<S>>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> SyncStream<S> {
+    /// Wraps `inner` with an 8 KiB read buffer and an 8 KiB write buffer.
+    ///
+    /// ```
+    /// use awaitlet::io::tokio::SyncStream;
+    ///
+    /// let (one_end, _other_end) = tokio::io::duplex(64);
+    /// assert_eq!(SyncStream::new(one_end).capacity(), 8 * 1024);
+    /// ```
+    pub fn new(inner: S) -> SyncStream<S> {
+        SyncStream::with_capacity(DEFAULT_CAPACITY, DEFAULT_CAPACITY, inner)
+    }
+
+    /// Wraps `inner` with buffers of the sizes given. A write buffer of zero sends every write
+    /// to the stream at once (and a read still flushes the stream before it waits).
+    ///
+    /// ```
+    /// use awaitlet::io::tokio::SyncStream;
+    ///
+    /// let (one_end, _other_end) = tokio::io::duplex(64);
+    /// assert_eq!(SyncStream::with_capacity(512, 64, one_end).capacity(), 512);
+    /// ```
+    pub fn with_capacity(read_capacity: usize, write_capacity: usize, inner: S) -> SyncStream<S> {
+        SyncStream {
+            engine: stream::Duplex::new(TokioIo(inner), read_capacity, write_capacity),
+        }
+    }
+
+    /// Sends the buffered writes, flushes the stream, then shuts its writing half down
+    /// (`poll_shutdown`): for a socket, the peer sees the end of the stream, and this side can
+    /// still read the rest of what the peer sends.
+    ///
+    /// ```
+    /// use std::io::Write;
+    /// use awaitlet::{async_def, io::tokio::SyncStream};
+    /// use tokio::io::AsyncReadExt;
+    ///
+    /// let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    /// let (one_end, mut other_end) = tokio::io::duplex(64);
+    /// let received = runtime.block_on(async {
+    ///     let mut stream = SyncStream::new(one_end);
+    ///     async_def(|| {
+    ///         stream.write_all(b"last words")?; // buffered
+    ///         stream.close() // sent, then shut down
+    ///     })
+    ///     .await?;
+    ///     let mut received = Vec::new();
+    ///     other_end.read_to_end(&mut received).await?; // ends: the stream shut down
+    ///     Ok::<_, std::io::Error>(received)
+    /// });
+    /// assert_eq!(received.unwrap(), b"last words");
+    /// ```
+    pub fn close(&mut self) -> io::Result<()> {
+        self.engine.close()
+    }
+}
+
+impl<S> SyncStream<S> {
+    /// The inner stream.
+    ///
+    /// ```
+    /// use awaitlet::io::tokio::SyncStream;
+    ///
+    /// let (one_end, _other_end) = tokio::io::duplex(64);
+    /// let stream = SyncStream::new(one_end);
+    /// let _: &tokio::io::DuplexStream = stream.get_ref();
+    /// ```
+    pub fn get_ref(&self) -> &S {
+        &self.engine.transport.0
+    }
+
+    /// The inner stream, mutably. Using it directly bypasses both buffers, so the bytes would
+    /// be out of order.
+    ///
+    /// ```
+    /// use awaitlet::io::tokio::SyncStream;
+    ///
+    /// let (one_end, _other_end) = tokio::io::duplex(64);
+    /// let mut stream = SyncStream::new(one_end);
+    /// let _: &mut tokio::io::DuplexStream = stream.get_mut();
+    /// ```
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.engine.transport.0
+    }
+
+    /// Unwraps the inner stream. Bytes read ahead and not yet handed out
+    /// ([`read_buffer`](Self::read_buffer)) and bytes written and not yet sent
+    /// ([`write_buffer`](Self::write_buffer)) are dropped: `flush` first if the writes matter.
+    ///
+    /// ```
+    /// use std::io::Write;
+    /// use awaitlet::io::tokio::SyncStream;
+    ///
+    /// let (one_end, _other_end) = tokio::io::duplex(64);
+    /// let mut stream = SyncStream::new(one_end);
+    /// stream.write_all(b"never sent").unwrap(); // fits the buffer: no stream needed
+    /// let _one_end: tokio::io::DuplexStream = stream.into_inner();
+    /// ```
+    pub fn into_inner(self) -> S {
+        self.engine.transport.0
+    }
+
+    /// The bytes read from the stream and not yet handed out, without reading more.
+    ///
+    /// ```
+    /// use std::io::BufRead;
+    /// use awaitlet::{async_def, io::tokio::SyncStream};
+    /// use tokio::io::AsyncWriteExt;
+    ///
+    /// let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    /// let (one_end, mut other_end) = tokio::io::duplex(64);
+    /// let mut stream = SyncStream::new(one_end);
+    /// runtime.block_on(async {
+    ///     other_end.write_all(b"hello").await.unwrap();
+    ///     async_def(|| stream.fill_buf().map(|bytes| bytes.len())).await.unwrap();
+    /// });
+    /// stream.consume(1);
+    /// assert_eq!(stream.read_buffer(), b"ello");
+    /// ```
+    pub fn read_buffer(&self) -> &[u8] {
+        self.engine.read_buffered()
+    }
+
+    /// The bytes written and not yet sent to the stream.
+    ///
+    /// ```
+    /// use std::io::Write;
+    /// use awaitlet::io::tokio::SyncStream;
+    ///
+    /// let (one_end, _other_end) = tokio::io::duplex(64);
+    /// let mut stream = SyncStream::new(one_end);
+    /// stream.write_all(b"request").unwrap();
+    /// assert_eq!(stream.write_buffer(), b"request");
+    /// ```
+    pub fn write_buffer(&self) -> &[u8] {
+        self.engine.write_buffered()
+    }
+
+    /// The read buffer's size in bytes.
+    ///
+    /// ```
+    /// use awaitlet::io::tokio::SyncStream;
+    ///
+    /// let (one_end, _other_end) = tokio::io::duplex(64);
+    /// assert_eq!(SyncStream::with_capacity(100, 10, one_end).capacity(), 100);
+    /// ```
+    pub fn capacity(&self) -> usize {
+        self.engine.read_capacity()
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Read for SyncStream<S> {
+    fn read(&mut self, target: &mut [u8]) -> io::Result<usize> {
+        self.engine.read(target)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> BufRead for SyncStream<S> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        self.engine.fill_buf()
+    }
+
+    fn consume(&mut self, amount: usize) {
+        self.engine.consume(amount);
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Write for SyncStream<S> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.engine.write(bytes)
+    }
+
+    /// Sends the buffered bytes, then flushes the stream.
+    fn flush(&mut self) -> io::Result<()> {
+        self.engine.send()
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for SyncStream<S> {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.engine
+            .describe("SyncStream", &self.engine.transport.0, formatter)
     }
 }
