@@ -141,7 +141,9 @@
 //! - tokio: spawn it with `tokio::task::spawn_local` inside a `LocalSet` (on a current-thread
 //!   runtime, or a `LocalSet` driven from a multi-threaded one), or run it with `block_on` of
 //!   a current-thread runtime on a thread of its own (`spawn_blocking` gives one);
-//! - smol and async-executor: a `LocalExecutor`; async-std: `task::spawn_local`;
+//! - smol and async-executor: a `LocalExecutor`; from a `Send` context, a `LocalExecutor` on a
+//!   thread of its own fed through a channel (the [crate docs](crate#from-send-contexts) show
+//!   it); async-std: `task::spawn_local`;
 //! - futures: `LocalPool` or `executor::block_on`;
 //! - a local executor per worker thread, fed through a channel, for a pool of them.
 //!

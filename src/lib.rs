@@ -20,12 +20,94 @@
 //! assert_eq!(greeting, "hello, user 7");
 //! ```
 //!
+//! # From `Send` contexts
+//!
 //! An [`AsyncDef`] stays on the thread that created it: its function's suspended stack can hold
 //! `!Send` values and thread-local addresses, so the future is `!Send`, and `tokio::spawn` on a
-//! multi-threaded runtime refuses it, naming [`StaysOnItsThread`]. From such `Send` contexts,
-//! tokio-util's `LocalPoolHandle::spawn_pinned(|| async_def(..))` runs it on a pool thread and
-//! hands back a `Send` `JoinHandle`; [Threads and
-//! executors](bridge#threads-and-executors) has this and the other routes.
+//! multi-threaded runtime refuses it, naming [`StaysOnItsThread`]. No `unsafe` opt-in exists,
+//! and none is needed: from a `Send` context (a task of a multi-threaded runtime, an axum
+//! handler), run the function on a thread that stays put and take a `Send` handle back. On
+//! tokio, that thread is one of tokio-util's pinned pool:
+//!
+//! ```
+//! use awaitlet::{async_def, awaitlet};
+//! use tokio_util::task::LocalPoolHandle;
+//!
+//! fn lookup(key: &str) -> usize {
+//!     awaitlet(tokio::task::yield_now()); // any tokio future: timers, sockets, channels
+//!     key.len()
+//! }
+//!
+//! #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+//! async fn main() {
+//!     let pool = LocalPoolHandle::new(2); // Clone + Send: keep one in the server's state
+//!     let task = tokio::spawn(async move {
+//!         // The closure is Send; the AsyncDef it makes is created and polled on a pool thread.
+//!         pool.spawn_pinned(|| async_def(|| lookup("answer"))).await.unwrap()
+//!     });
+//!     assert_eq!(task.await.unwrap(), 6);
+//! }
+//! ```
+//!
+//! With smol or async-executor, the same pattern is a `LocalExecutor` on a thread of its own,
+//! fed through a channel: each job carries a `Send` closure there, the thread runs it in an
+//! `async_def`, and a channel brings the result back to the `Send` caller.
+//!
+//! ```
+//! use std::{future::Future, pin::Pin, thread};
+//! use awaitlet::{async_def, awaitlet};
+//!
+//! type Job = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()>>> + Send>;
+//!
+//! // The pinned thread: spawns each job on its LocalExecutor until the channel closes.
+//! let (jobs, incoming) = smol::channel::unbounded::<Job>();
+//! let pinned = thread::spawn(move || {
+//!     let executor = smol::LocalExecutor::new();
+//!     smol::block_on(executor.run(async {
+//!         while let Ok(job) = incoming.recv().await {
+//!             executor.spawn(job()).detach();
+//!         }
+//!     }));
+//! });
+//!
+//! // From a Send context: send the closure, await the answer.
+//! fn run_pinned<R: Send + 'static>(
+//!     jobs: &smol::channel::Sender<Job>,
+//!     f: impl FnOnce() -> R + Send + 'static,
+//! ) -> impl Future<Output = R> + Send + 'static {
+//!     let (reply, answer) = smol::channel::bounded(1);
+//!     let job: Job = Box::new(move || {
+//!         Box::pin(async move {
+//!             let _ = reply.send(async_def(f).await).await;
+//!         })
+//!     });
+//!     let jobs = jobs.clone();
+//!     async move {
+//!         jobs.send(job).await.unwrap();
+//!         answer.recv().await.unwrap()
+//!     }
+//! }
+//!
+//! let executor = smol::Executor::new(); // multi-threaded: its tasks must be Send
+//! let call = run_pinned(&jobs, || {
+//!     awaitlet(smol::Timer::after(std::time::Duration::from_millis(1)));
+//!     21 * 2
+//! });
+//! assert_eq!(smol::block_on(executor.run(executor.spawn(call))), 42);
+//! drop(jobs);
+//! pinned.join().unwrap();
+//! ```
+//!
+//! [Threads and executors](bridge#threads-and-executors) lists the other routes, and
+//! `examples/axum.rs` serves an unchanged synchronous library from axum handlers this way.
+//!
+//! A `std::sync::Mutex` guard or a `RefCell` borrow held across [`awaitlet`] blocks the
+//! thread's other tasks exactly as it would across `.await`: while the function waits, another
+//! task on its thread that takes the same lock blocks the whole thread for good (the holder
+//! cannot run to release it), and another `borrow_mut` of the cell panics. Release them before
+//! waiting, or use an async lock.
+//!
+//! # Layers
 //!
 //! The crate is built in layers, each depending only on the ones below it:
 //!
