@@ -125,6 +125,7 @@
 //! Supported targets: Unix. x86_64 (but Apple's) uses the native backend; x86, arm, aarch64,
 //! mips, powerpc and Apple's x86_64 use the portable one, which x86_64 builds can force with
 //! `RUSTFLAGS='--cfg awaitlet_backend="context"'`. Tested: x86_64 Linux, both backends.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, unreachable_pub)]
 #![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]

@@ -237,6 +237,7 @@ impl ReadBuffer {
 /// assert_eq!(lines.unwrap(), ["first", "second"]);
 /// ```
 #[cfg(feature = "futures-io")]
+#[cfg_attr(docsrs, doc(cfg(feature = "futures-io")))]
 pub struct SyncReader<R> {
     inner: R,
     buffer: ReadBuffer,
@@ -438,6 +439,7 @@ impl<R: fmt::Debug> fmt::Debug for SyncReader<R> {
 /// assert_eq!(writer.into_inner().into_inner(), b"2 + 2 = 4\n");
 /// ```
 #[cfg(feature = "futures-io")]
+#[cfg_attr(docsrs, doc(cfg(feature = "futures-io")))]
 #[derive(Debug)]
 pub struct SyncWriter<W> {
     inner: W,
@@ -633,6 +635,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> stream::Transport for FuturesIo<S> {
 /// .unwrap();
 /// ```
 #[cfg(feature = "futures-io")]
+#[cfg_attr(docsrs, doc(cfg(feature = "futures-io")))]
 pub struct SyncStream<S> {
     engine: stream::Duplex<FuturesIo<S>>,
 }
