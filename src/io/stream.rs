@@ -226,3 +226,45 @@ impl<T> Duplex<T> {
             .finish()
     }
 }
+
+/// The `std::io` traits of a `SyncStream`, the same in both families. Each module invokes it
+/// where its own `AsyncRead`, `AsyncWrite` and `SyncStream` are in scope (paths in a
+/// `macro_rules!` body resolve where it is invoked).
+macro_rules! std_io_for_sync_stream {
+    () => {
+        impl<S: AsyncRead + AsyncWrite + Unpin> Read for SyncStream<S> {
+            fn read(&mut self, target: &mut [u8]) -> io::Result<usize> {
+                self.engine.read(target)
+            }
+        }
+
+        impl<S: AsyncRead + AsyncWrite + Unpin> BufRead for SyncStream<S> {
+            fn fill_buf(&mut self) -> io::Result<&[u8]> {
+                self.engine.fill_buf()
+            }
+
+            fn consume(&mut self, amount: usize) {
+                self.engine.consume(amount);
+            }
+        }
+
+        impl<S: AsyncRead + AsyncWrite + Unpin> Write for SyncStream<S> {
+            fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+                self.engine.write(bytes)
+            }
+
+            /// Sends the buffered bytes, then flushes the stream.
+            fn flush(&mut self) -> io::Result<()> {
+                self.engine.send()
+            }
+        }
+
+        impl<S: fmt::Debug> fmt::Debug for SyncStream<S> {
+            fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.engine
+                    .describe("SyncStream", &self.engine.transport.0, formatter)
+            }
+        }
+    };
+}
+pub(super) use std_io_for_sync_stream;
