@@ -21,6 +21,7 @@
 //! ```
 
 use std::{
+    future::Future,
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
@@ -56,63 +57,42 @@ fn measure(mut run: impl FnMut(u64) -> Duration) -> Duration {
     runs[2]
 }
 
-fn multi_thread_runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
+/// Times requests made one after another on a `LocalSet` of a current-thread runtime.
+fn measure_on_a_local_set<F: Future<Output = u64>>(request: impl Fn(u64) -> F) -> Duration {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let local = tokio::task::LocalSet::new();
+    measure(|count| {
+        local.block_on(&runtime, async {
+            let started = Instant::now();
+            for number in 0..count {
+                assert_eq!(request(number).await, number + 1);
+            }
+            started.elapsed()
+        })
+    })
+}
+
+/// Times requests made one after another from a `tokio::spawn`ed task of a two-worker
+/// multi-threaded runtime.
+fn measure_from_a_send_task<F>(request: impl Fn(u64) -> F + Clone + Send + 'static) -> Duration
+where
+    F: Future<Output = u64> + Send,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .unwrap()
-}
-
-fn inline() -> Duration {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
         .unwrap();
-    let local = tokio::task::LocalSet::new();
     measure(|count| {
-        local.block_on(&runtime, async {
-            let started = Instant::now();
-            for number in 0..count {
-                assert_eq!(async_def(|| work(number)).await, number + 1);
-            }
-            started.elapsed()
-        })
-    })
-}
-
-fn spawn_local() -> Duration {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let local = tokio::task::LocalSet::new();
-    measure(|count| {
-        local.block_on(&runtime, async {
-            let started = Instant::now();
-            for number in 0..count {
-                let task = tokio::task::spawn_local(async_def(move || work(number)));
-                assert_eq!(task.await.unwrap(), number + 1);
-            }
-            started.elapsed()
-        })
-    })
-}
-
-fn spawn_pinned() -> Duration {
-    let runtime = multi_thread_runtime();
-    let pool = LocalPoolHandle::new(2);
-    measure(|count| {
-        let pool = pool.clone();
+        let request = request.clone();
         runtime
             .block_on(runtime.spawn(async move {
                 let started = Instant::now();
                 for number in 0..count {
-                    let result = pool
-                        .spawn_pinned(move || async_def(move || work(number)))
-                        .await
-                        .unwrap();
-                    assert_eq!(result, number + 1);
+                    assert_eq!(request(number).await, number + 1);
                 }
                 started.elapsed()
             }))
@@ -120,23 +100,34 @@ fn spawn_pinned() -> Duration {
     })
 }
 
+fn inline() -> Duration {
+    measure_on_a_local_set(|number| async_def(move || work(number)))
+}
+
+fn spawn_local() -> Duration {
+    measure_on_a_local_set(|number| async move {
+        let task = tokio::task::spawn_local(async_def(move || work(number)));
+        task.await.unwrap()
+    })
+}
+
+fn spawn_pinned() -> Duration {
+    let pool = LocalPoolHandle::new(2);
+    measure_from_a_send_task(move |number| {
+        let pool = pool.clone();
+        async move {
+            pool.spawn_pinned(move || async_def(move || work(number)))
+                .await
+                .unwrap()
+        }
+    })
+}
+
 fn spawn_blocking() -> Duration {
-    let runtime = multi_thread_runtime();
-    measure(|count| {
-        runtime
-            .block_on(runtime.spawn(async move {
-                let started = Instant::now();
-                for number in 0..count {
-                    let handle = tokio::runtime::Handle::current();
-                    let result = tokio::task::spawn_blocking(move || {
-                        handle.block_on(async_def(move || work(number)))
-                    })
-                    .await
-                    .unwrap();
-                    assert_eq!(result, number + 1);
-                }
-                started.elapsed()
-            }))
+    measure_from_a_send_task(|number| async move {
+        let handle = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || handle.block_on(async_def(move || work(number))))
+            .await
             .unwrap()
     })
 }
