@@ -13,7 +13,7 @@ use awaitlet::stack::{
 use awaitlet::{Greenlet, async_def};
 use common::{
     child_dies_of_overflow, child_killed_by, guard_page_below, is_child, overflow_a_fiber_stack,
-    poll_once, recurse_forever, run_child,
+    poll_once, recurse_forever, run_child, run_child_within,
 };
 use std::hint::black_box;
 use std::task::Poll;
@@ -108,7 +108,7 @@ fn the_pool_keeps_at_most_its_capacity() {
 
 #[test]
 fn pools_are_per_thread_and_freed_at_thread_exit() {
-    let mappings_before = count_mappings();
+    let (_, virtual_before) = common::process_memory();
     std::thread::spawn(|| {
         for _ in 0..20 {
             drop(Stack::fresh(DEFAULT_STACK_SIZE).unwrap());
@@ -117,52 +117,90 @@ fn pools_are_per_thread_and_freed_at_thread_exit() {
     })
     .join()
     .unwrap();
-    // The other thread's 20 pooled stacks (40 mappings) are gone with it. Other tests run
-    // concurrently, so allow them a little slack but not 40.
-    let mappings_after = count_mappings();
+    // The other thread's 20 pooled stacks (20 MiB of address space, in 40 maps or in a slab)
+    // are gone with it. Other tests run concurrently, so allow them a little slack but not
+    // 20 MiB.
+    let (_, virtual_after) = common::process_memory();
     assert!(
-        mappings_after < mappings_before + 20,
-        "{mappings_before} -> {mappings_after}"
+        virtual_after < virtual_before + 10 * 1024,
+        "{virtual_before} kB -> {virtual_after} kB"
     );
 }
 
-fn count_mappings() -> usize {
-    std::fs::read_to_string("/proc/self/maps")
-        .unwrap()
-        .lines()
-        .count()
+/// The environment that makes a child's stacks use `mprotect` guard pages.
+const FORCE_MPROTECT: [(&str, &str); 1] = [("AWAITLET_STACK_GUARD", "mprotect")];
+
+/// The child side of the map-count tests: with every map taken, a new stack is refused with
+/// the limit named (a few may still come from a slab mapped before).
+fn exhaust_map_count_with_stacks() {
+    let mut stacks = vec![Stack::new(MIN_STACK_SIZE).unwrap()];
+    let filler = common::fill_map_count();
+    let error = loop {
+        match Stack::fresh(MIN_STACK_SIZE) {
+            Ok(stack) if stacks.len() < 1000 => stacks.push(stack),
+            Ok(_) => panic!("1000 stacks made with every memory map taken"),
+            Err(error) => break error,
+        }
+    };
+    let made = stacks.len();
+    drop(filler);
+    let limit = common::max_map_count();
+    assert_eq!(error, StackError::MapCountExhausted { limit });
+    println!("CHILD-OK after {made} stacks: {error}");
 }
 
-#[test]
-fn exhausting_vm_max_map_count_is_an_error_naming_the_limit() {
-    if is_child("map-count") {
-        // Keep every stack alive until mapping fails.
-        let mut stacks = Vec::new();
-        let error = loop {
-            match Stack::fresh(MIN_STACK_SIZE) {
-                Ok(stack) => stacks.push(stack),
-                Err(error) => break error,
-            }
-        };
-        let limit: usize = std::fs::read_to_string("/proc/sys/vm/max_map_count")
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        assert_eq!(error, StackError::MapCountExhausted { limit });
-        println!("CHILD-OK after {} stacks: {error}", stacks.len());
-        return;
-    }
-    let output = run_child(
-        "exhausting_vm_max_map_count_is_an_error_naming_the_limit",
-        "map-count",
-    );
+fn assert_map_count_error(output: std::process::Output) {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success() && stdout.contains("CHILD-OK"),
         "{output:?}"
     );
     assert!(stdout.contains("vm.max_map_count"), "{stdout}");
+}
+
+#[test]
+fn exhausting_vm_max_map_count_is_an_error_naming_the_limit() {
+    if is_child("map-count") {
+        exhaust_map_count_with_stacks();
+        return;
+    }
+    let test = "exhausting_vm_max_map_count_is_an_error_naming_the_limit";
+    let limit = std::time::Duration::from_secs(60);
+    assert_map_count_error(run_child_within(test, "map-count", &[], limit));
+    assert_map_count_error(run_child_within(test, "map-count", &FORCE_MPROTECT, limit));
+}
+
+#[test]
+fn async_def_without_a_memory_map_left_panics_naming_the_limit_and_never_hangs() {
+    if is_child("async-def-map-count") {
+        let keep = async_def(|| 0);
+        let filler = common::fill_map_count();
+        // Beyond the slab mapped above: every stack needs a new map from here on.
+        let mut futures = Vec::with_capacity(1000);
+        let outcome = common::catch(|| {
+            for _ in 0..1000 {
+                futures.push(async_def(|| 0));
+            }
+        });
+        drop(filler);
+        let message = common::text(&*outcome.expect_err("1000 async_defs without a map left"));
+        println!("CHILD-OK {message}");
+        drop((keep, futures));
+        return;
+    }
+    // With a backtrace asked for: the panic hook must not hang or fail for want of maps.
+    let environment = [("RUST_BACKTRACE", "1")];
+    let test = "async_def_without_a_memory_map_left_panics_naming_the_limit_and_never_hangs";
+    let limit = std::time::Duration::from_secs(60);
+    for environment in [&environment[..], &[environment[0], FORCE_MPROTECT[0]]] {
+        let output = run_child_within(test, "async-def-map-count", environment, limit);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success() && stdout.contains("CHILD-OK"),
+            "{output:?}"
+        );
+        assert!(stdout.contains("vm.max_map_count"), "{stdout}");
+    }
 }
 
 #[test]
@@ -182,8 +220,16 @@ fn an_address_space_limit_is_an_error_naming_the_limit() {
                 Err(error) => break error,
             }
         };
-        let mapping = (64 << 20) + 4096;
-        assert_eq!(error, StackError::AddressSpaceExhausted { limit, mapping });
+        // The mapping that did not fit: the stack and its guard page, or a slab of such stacks.
+        let StackError::AddressSpaceExhausted {
+            limit: named,
+            mapping,
+        } = error
+        else {
+            panic!("{error:?}");
+        };
+        assert_eq!(named, limit);
+        assert_eq!(mapping % ((64 << 20) + 4096), 0, "{error}");
         println!("CHILD-OK after {} stacks: {error}", stacks.len());
         return;
     }
@@ -209,6 +255,55 @@ fn overflowing_a_greenlet_stack_prints_its_size_and_aborts() {
         "overflowing_a_greenlet_stack_prints_its_size_and_aborts",
         "overflow",
         64,
+    );
+}
+
+#[test]
+fn overflowing_into_a_guard_region_prints_its_size_and_aborts() {
+    if is_child("overflow-region") {
+        // Not the lowest stack of its slab: its guard region lies inside the slab's mapping.
+        let _below = Stack::new(128 * 1024).unwrap();
+        overflow_a_fiber_stack(128 * 1024);
+        return;
+    }
+    if !common::kernel_has_guard_regions() {
+        println!("skipped: this kernel has no guard regions (MADV_GUARD_INSTALL, Linux 6.13+)");
+        return;
+    }
+    child_dies_of_overflow(
+        "overflowing_into_a_guard_region_prints_its_size_and_aborts",
+        "overflow-region",
+        128,
+    );
+}
+
+#[test]
+fn overflowing_into_an_mprotect_guard_page_prints_its_size_and_aborts() {
+    if is_child("overflow-mprotect") {
+        assert_eq!(
+            std::env::var(FORCE_MPROTECT[0].0).as_deref(),
+            Ok(FORCE_MPROTECT[0].1)
+        );
+        let _below = Stack::new(128 * 1024).unwrap();
+        overflow_a_fiber_stack(128 * 1024);
+        return;
+    }
+    let output = common::child_command(
+        "overflowing_into_an_mprotect_guard_page_prints_its_size_and_aborts",
+        "overflow-mprotect",
+    )
+    .envs(FORCE_MPROTECT)
+    .output()
+    .unwrap();
+    assert_eq!(
+        common::terminating_signal(&output),
+        Some(libc::SIGABRT),
+        "{output:?}"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("awaitlet: a greenlet overflowed its 128 KiB stack; give it a larger one"),
+        "{stderr}"
     );
 }
 

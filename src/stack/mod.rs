@@ -94,6 +94,7 @@
 //! however the stacks are grouped, costs a map per stack for the guard and one per stack for
 //! the read-write part between two guards.
 
+mod guard;
 mod os;
 mod overflow;
 mod slab;
@@ -151,9 +152,10 @@ pub enum StackError {
         /// [`MAX_STACK_SIZE`].
         maximum: usize,
     },
-    /// The process has as many memory mappings as `vm.max_map_count` allows; each stack with a
-    /// guard page takes two (its guard page and its usable part), and so does each slab of
-    /// stacks without guard pages (see [`set_guard_pages`]).
+    /// The process has as many memory mappings as `vm.max_map_count` allows. Stacks share
+    /// mappings where the kernel has guard regions (Linux 6.13+); elsewhere each stack takes
+    /// two (its `mprotect` guard page and its usable part). See the
+    /// [module docs](self#maps-and-limits).
     MapCountExhausted {
         /// The value of `vm.max_map_count`.
         limit: usize,
@@ -192,10 +194,11 @@ impl fmt::Display for StackError {
             ),
             StackError::MapCountExhausted { limit } => write!(
                 f,
-                "cannot map a greenlet stack: the process has reached vm.max_map_count = {limit} \
-                 memory mappings (each stack with a guard page takes 2); raise it with \
-                 `sysctl vm.max_map_count=N`, keep fewer greenlets alive, or, where every \
-                 greenlet's stack use is bounded, make stacks without guard pages (the unsafe \
+                "cannot map a greenlet stack: the process has reached vm.max_map_count = \
+                 {limit} memory mappings; raise it with `sysctl -w vm.max_map_count=N` or keep \
+                 fewer greenlets alive. Stacks share mappings where the kernel has guard \
+                 regions (Linux 6.13+); elsewhere each takes 2, its guard page and its usable \
+                 part, unless made without guard pages (the unsafe \
                  awaitlet::stack::set_guard_pages(false))"
             ),
             StackError::AddressSpaceExhausted { limit, mapping } => write!(
@@ -290,9 +293,9 @@ impl Stack {
     }
 
     fn map(size: usize) -> Result<Stack, StackError> {
-        if !pool::guard_pages() {
+        if !pool::guard_pages() || guard::regions() {
             return Ok(Stack {
-                header: slab::carve(size)?,
+                header: slab::carve(size, pool::guard_pages())?,
                 _not_send: PhantomData,
             });
         }

@@ -28,13 +28,13 @@ fn learn_page_size() -> usize {
     size
 }
 
-fn errno() -> i32 {
+pub(super) fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
 
-/// Maps `len` bytes of lazily committed read-write memory whose first `guard` bytes are
-/// inaccessible; returns the start of the mapping.
-pub(super) fn map_guarded(len: usize, guard: usize) -> Result<usize, StackError> {
+/// Maps `len` bytes of lazily committed read-write memory (`MAP_NORESERVE`: not charged
+/// against overcommit either); returns the start of the mapping.
+pub(super) fn map(len: usize) -> Result<usize, StackError> {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     const FLAGS: libc::c_int =
         libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_STACK;
@@ -54,13 +54,21 @@ pub(super) fn map_guarded(len: usize, guard: usize) -> Result<usize, StackError>
     if start == libc::MAP_FAILED {
         return Err(diagnose("mmap", errno(), len));
     }
+    Ok(start as usize)
+}
+
+/// Maps `len` bytes of lazily committed read-write memory whose first `guard` bytes are
+/// inaccessible (`mprotect`, so they are a mapping of their own); returns the start of the
+/// mapping.
+pub(super) fn map_guarded(len: usize, guard: usize) -> Result<usize, StackError> {
+    let start = map(len)?;
     // SAFETY: `[start, start + guard)` is the start of the mapping we just made.
-    if unsafe { libc::mprotect(start, guard, libc::PROT_NONE) } != 0 {
+    if unsafe { libc::mprotect(start as *mut libc::c_void, guard, libc::PROT_NONE) } != 0 {
         let error = errno();
-        unmap(start as usize, len);
+        unmap(start, len);
         return Err(diagnose("mprotect", error, len));
     }
-    Ok(start as usize)
+    Ok(start)
 }
 
 /// Unmaps `[start, start + len)`.
@@ -75,7 +83,7 @@ pub(super) fn release_pages(start: usize, end: usize) {
     let page = page_size();
     let (start, end) = (start.next_multiple_of(page), end / page * page);
     if end > start {
-        // SAFETY: the range lies in a pooled stack, which nothing uses.
+        // SAFETY: the range lies in a stack that nothing uses (pooled or released).
         unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
     }
 }
@@ -86,7 +94,12 @@ pub(super) fn diagnose_for_tests(call: &'static str, errno: i32, mapping: usize)
 }
 
 /// Names the limit behind a failed `call` that wanted to map `mapping` bytes.
-fn diagnose(call: &'static str, errno: i32, mapping: usize) -> StackError {
+///
+/// It allocates nothing: when the map count is exhausted, an allocator that needs a new
+/// mapping fails too, and what fails then must be the stack, with this error, not the
+/// diagnosis. The `/proc` files are read with `open(2)` and `read(2)` into buffers on the
+/// stack.
+pub(super) fn diagnose(call: &'static str, errno: i32, mapping: usize) -> StackError {
     if errno != libc::ENOMEM {
         return StackError::Os { call, errno };
     }
@@ -111,24 +124,53 @@ fn diagnose(call: &'static str, errno: i32, mapping: usize) -> StackError {
     StackError::OutOfMemory { mapping }
 }
 
+/// Calls `each` with successive chunks of the file at `path` (a NUL-terminated path), read
+/// into a buffer on the stack; `None` if it cannot be opened or read.
 #[cfg(any(target_os = "linux", target_os = "android"))]
-fn map_count_limit() -> Option<usize> {
-    std::fs::read_to_string("/proc/sys/vm/max_map_count")
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+fn read_chunks(path: &std::ffi::CStr, mut each: impl FnMut(&[u8])) -> Option<()> {
+    // SAFETY: `path` is NUL-terminated; the flags open for reading only.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return None;
+    }
+    let mut buffer = [0u8; 4096];
+    let result = loop {
+        // SAFETY: `buffer` is ours and `read` writes at most its length into it.
+        let read = unsafe { libc::read(fd, buffer.as_mut_ptr().cast(), buffer.len()) };
+        match read {
+            0 => break Some(()),
+            read if read > 0 => each(&buffer[..read as usize]),
+            _ if errno() == libc::EINTR => {}
+            _ => break None,
+        }
+    };
+    // SAFETY: `fd` is the descriptor we opened above.
+    unsafe { libc::close(fd) };
+    result
 }
 
 #[cfg(any(target_os = "linux", target_os = "android"))]
-fn map_count() -> Option<usize> {
-    use std::io::Read;
-    let mut maps = Vec::new();
-    std::fs::File::open("/proc/self/maps")
-        .ok()?
-        .read_to_end(&mut maps)
-        .ok()?;
-    Some(maps.iter().filter(|&&byte| byte == b'\n').count())
+fn map_count_limit() -> Option<usize> {
+    let mut value: Option<usize> = None;
+    read_chunks(c"/proc/sys/vm/max_map_count", |bytes| {
+        for &byte in bytes {
+            if byte.is_ascii_digit() {
+                let digit = usize::from(byte - b'0');
+                value = Some(value.unwrap_or(0).saturating_mul(10).saturating_add(digit));
+            }
+        }
+    })?;
+    value
+}
+
+/// The number of memory maps of this process: the lines of `/proc/self/maps`.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub(super) fn map_count() -> Option<usize> {
+    let mut lines = 0;
+    read_chunks(c"/proc/self/maps", |bytes| {
+        lines += bytes.iter().filter(|&&byte| byte == b'\n').count();
+    })?;
+    Some(lines)
 }
 
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
@@ -137,6 +179,6 @@ fn map_count_limit() -> Option<usize> {
 }
 
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
-fn map_count() -> Option<usize> {
+pub(super) fn map_count() -> Option<usize> {
     None
 }

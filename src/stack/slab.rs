@@ -61,7 +61,7 @@ use std::cell::Cell;
 use std::io::Write;
 use std::ptr::NonNull;
 
-use super::{Header, StackError, os, overflow, valgrind};
+use super::{Header, StackError, guard, os, overflow, valgrind};
 
 /// The most stacks one slab holds.
 pub(super) const SLAB_STACKS: usize = 64;
@@ -86,8 +86,10 @@ pub(super) struct Slab {
     start: usize,
     /// Length of the whole mapping.
     len: usize,
-    /// Bytes per slot, a whole number of pages.
+    /// Bytes per slot, a whole number of pages: the stack size asked for.
     size_class: usize,
+    /// Whether each slot has a guard region below it (otherwise a canary at its bottom).
+    guarded: bool,
     /// Slots in the slab.
     capacity: usize,
     /// Slots carved so far; slot `carved` is the next one.
@@ -102,13 +104,26 @@ pub(super) struct Slab {
 }
 
 impl Slab {
-    /// The lowest address of slot `index`, where its canary goes.
+    /// The lowest address of slot `index`: its guard region, or where its canary goes.
     fn slot_start(&self, index: usize) -> usize {
-        self.start + 2 * os::page_size() - CANARY_BYTES + index * self.size_class
+        let page = os::page_size();
+        if self.guarded {
+            self.start + index * (page + self.size_class)
+        } else {
+            self.start + 2 * page - CANARY_BYTES + index * self.size_class
+        }
+    }
+
+    /// What the pool and the partial list match stacks of this slab by.
+    fn key(&self) -> usize {
+        self.size_class | if self.guarded { 0 } else { super::CARVED_KEY }
     }
 
     /// Checks the canaries of all carved slots; aborts on a broken one.
     fn check_all(&self) {
+        if self.guarded {
+            return;
+        }
         for index in 0..self.carved.get() {
             check_canary_at(self.slot_start(index), self.size_class);
         }
@@ -136,39 +151,53 @@ thread_local! {
 }
 
 /// Carves a stack of `size` bytes (a whole number of pages) from this thread's slab of that
-/// size class, mapping a new slab when there is none with room.
-pub(super) fn carve(size: usize) -> Result<NonNull<Header>, StackError> {
+/// size class and kind, mapping a new slab when there is none with room: with a guard region
+/// below it when `guarded`, else with a canary at its bottom.
+pub(super) fn carve(size: usize, guarded: bool) -> Result<NonNull<Header>, StackError> {
     SLABS.with(|slabs| {
-        let slab = match find_partial(slabs, size) {
+        let key = size | if guarded { 0 } else { super::CARVED_KEY };
+        let slab = match find_partial(slabs, key) {
             Some(slab) => slab,
-            None => map_slab(slabs, size)?,
+            None => map_slab(slabs, size, guarded)?,
         };
         // SAFETY: slabs in the partial list are mapped and owned by this thread.
         let slab_ref = unsafe { slab.as_ref() };
         let index = slab_ref.carved.get();
+        let slot_start = slab_ref.slot_start(index);
+        let page = os::page_size();
+        let (bottom, slot_end, guard_start) = if guarded {
+            // SAFETY: the slot's first page lies in the slab and has never been handed out.
+            if let Err(error) = unsafe { guard::install_region(slot_start) } {
+                if slab_ref.live.get() == 0 {
+                    // SAFETY: the slab has no live stacks; nothing refers to it.
+                    unsafe { unmap_slab(slabs, slab) };
+                }
+                return Err(error);
+            }
+            (slot_start + page, slot_start + page + size, slot_start)
+        } else {
+            // SAFETY: the slot lies inside the slab's read-write part and is carved only now.
+            unsafe { (slot_start as *mut [u64; 4]).write(CANARY) };
+            // Only the lowest slot sits on the slab's guard page: register it for the overflow
+            // handler's lookup; the others have no guard page to look up.
+            let guard_start = if index == 0 { slab_ref.start } else { 0 };
+            (slot_start + CANARY_BYTES, slot_start + size, guard_start)
+        };
         slab_ref.carved.set(index + 1);
         slab_ref.live.set(slab_ref.live.get() + 1);
         if index + 1 == slab_ref.capacity {
             remove_partial(slabs, slab);
         }
-        let slot_start = slab_ref.slot_start(index);
-        let slot_end = slot_start + size;
-        // SAFETY: the slot lies inside the slab's read-write part and is carved only now.
-        unsafe { (slot_start as *mut [u64; 4]).write(CANARY) };
-        let bottom = slot_start + CANARY_BYTES;
         let header_address = slot_end - std::mem::size_of::<Header>();
         let valgrind_id = valgrind::register_stack(bottom, slot_end);
-        // Only the lowest slot sits on the slab's guard page: register it for the overflow
-        // handler's lookup; the others have no guard page to look up.
-        let guard_start = if index == 0 { slab_ref.start } else { 0 };
         let initial = Header {
             registry_prev: Cell::new(std::ptr::null_mut()),
             registry_next: Cell::new(std::ptr::null_mut()),
             pool_next: Cell::new(std::ptr::null_mut()),
             mapping_start: guard_start,
             mapping_len: 0,
-            size: size - CANARY_BYTES,
-            pool_key: size | super::CARVED_KEY,
+            size: slot_end - bottom,
+            pool_key: key,
             slab: slab.as_ptr(),
             valgrind_id,
         };
@@ -185,7 +214,9 @@ pub(super) fn carve(size: usize) -> Result<NonNull<Header>, StackError> {
     })
 }
 
-/// Releases a carved stack: checks its canary, and unmaps its slab if it was the last one.
+/// Releases a carved stack: checks its canary (if it has one), and unmaps its slab if it was
+/// the last one, or else gives the slot's pages back to the kernel (the slot is not carved
+/// again; the slab's memory is reused through the pool).
 ///
 /// # Safety
 ///
@@ -193,11 +224,18 @@ pub(super) fn carve(size: usize) -> Result<NonNull<Header>, StackError> {
 /// more, released only once.
 pub(super) unsafe fn release(header: NonNull<Header>) {
     // SAFETY: the caller guarantees the header is valid and unused.
-    let (guard_start, valgrind_id, slab) = unsafe {
+    let (guard_start, valgrind_id, slab, pool_key) = unsafe {
         let header = header.as_ref();
-        (header.mapping_start, header.valgrind_id, header.slab)
+        (
+            header.mapping_start,
+            header.valgrind_id,
+            header.slab,
+            header.pool_key,
+        )
     };
-    check_canary(header);
+    if pool_key & super::CARVED_KEY != 0 {
+        check_canary(header);
+    }
     if guard_start != 0 {
         overflow::deregister(header);
     }
@@ -209,6 +247,11 @@ pub(super) unsafe fn release(header: NonNull<Header>) {
     if live == 0 {
         // SAFETY: the slab's last stack is gone; nothing else refers to it.
         SLABS.with(|slabs| unsafe { unmap_slab(slabs, NonNull::new_unchecked(slab)) });
+    } else {
+        // The slot's whole usable part, header included (read above); a canary slot's top page
+        // also holds the next slot's canary, and `release_pages` keeps partial pages.
+        let end = header.as_ptr() as usize + std::mem::size_of::<Header>();
+        os::release_pages(super::bottom(header) as usize, end);
     }
 }
 
@@ -266,12 +309,12 @@ pub(super) fn check_all() {
     });
 }
 
-fn find_partial(slabs: &Slabs, size: usize) -> Option<NonNull<Slab>> {
+fn find_partial(slabs: &Slabs, key: usize) -> Option<NonNull<Slab>> {
     let mut next = slabs.partial.get();
     while let Some(slab) = NonNull::new(next) {
         // SAFETY: slabs in the partial list are mapped and owned by this thread.
         let slab_ref = unsafe { slab.as_ref() };
-        if slab_ref.size_class == size {
+        if slab_ref.key() == key {
             return Some(slab);
         }
         next = slab_ref.next_partial.get();
@@ -293,16 +336,25 @@ fn remove_partial(slabs: &Slabs, slab: NonNull<Slab>) {
 }
 
 #[cold]
-fn map_slab(slabs: &Slabs, size: usize) -> Result<NonNull<Slab>, StackError> {
+fn map_slab(slabs: &Slabs, size: usize, guarded: bool) -> Result<NonNull<Slab>, StackError> {
     let page = os::page_size();
     let capacity = (SLAB_MAX_BYTES / size).clamp(1, SLAB_STACKS);
-    // The guard page, the page holding slot 0's canary, then the slots, shifted down by a canary.
-    let len = 2 * page + capacity * size;
-    let start = os::map_guarded(len, page)?;
+    let (start, len) = if guarded {
+        // Slot after slot, each a guard region and the stack above it; the guard regions are
+        // installed as the slots are carved.
+        let len = capacity * (page + size);
+        (os::map(len)?, len)
+    } else {
+        // The guard page, the page holding slot 0's canary, then the slots, shifted down by a
+        // canary.
+        let len = 2 * page + capacity * size;
+        (os::map_guarded(len, page)?, len)
+    };
     let slab = Box::new(Slab {
         start,
         len,
         size_class: size,
+        guarded,
         capacity,
         carved: Cell::new(0),
         live: Cell::new(0),

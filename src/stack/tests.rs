@@ -153,3 +153,91 @@ fn the_pool_hands_out_only_stacks_of_the_current_kind() {
     .join()
     .unwrap();
 }
+
+/// The word at `address`, read through the kernel (`process_vm_readv`), so that a guard page
+/// answers `None` instead of faulting.
+fn read_word(address: usize) -> Option<u64> {
+    let mut word = 0u64;
+    let local = libc::iovec {
+        iov_base: (&mut word as *mut u64).cast(),
+        iov_len: 8,
+    };
+    let remote = libc::iovec {
+        iov_base: address as *mut libc::c_void,
+        iov_len: 8,
+    };
+    // SAFETY: the kernel writes at most eight bytes into `word` and reads `address` through
+    // the page tables, reporting an inaccessible page as an error.
+    let read = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+    (read == 8).then_some(word)
+}
+
+#[test]
+fn guard_regions_survive_page_release_pooling_and_slot_release() {
+    if !super::guard::regions() {
+        println!("skipped: this kernel has no guard regions (MADV_GUARD_INSTALL, Linux 6.13+)");
+        return;
+    }
+    std::thread::spawn(|| {
+        let page = os::page_size();
+        let size = super::MIN_STACK_SIZE;
+        // Keeps the slab mapped while the stack above it is released.
+        let below = Stack::new(size).unwrap();
+        let stack = Stack::new(size).unwrap();
+        assert_eq!(super::slab::count(), 1, "the two stacks share a slab");
+        let bottom = stack.bottom() as usize;
+        let guard = bottom - page;
+        assert_eq!(
+            read_word(guard),
+            None,
+            "no guard region below a carved stack"
+        );
+        assert_eq!(read_word(bottom), Some(0));
+        assert_eq!(read_word(below.top() as usize - 8), Some(0));
+        for (advice, name) in [(libc::MADV_DONTNEED, "DONTNEED"), (libc::MADV_FREE, "FREE")] {
+            // SAFETY: the stack's bottom word is ours and nothing runs on the stack.
+            unsafe { (bottom as *mut u64).write_volatile(0x5eed) };
+            // From the guard region up to the page holding the stack's header (at its top).
+            // SAFETY: the range is the guard region and the usable part of a stack nothing
+            // runs on, below its header; its contents may be discarded.
+            let result = unsafe { libc::madvise(guard as *mut libc::c_void, size, advice) };
+            assert_eq!(result, 0, "MADV_{name}");
+            assert_eq!(
+                read_word(guard),
+                None,
+                "MADV_{name} removed the guard region"
+            );
+            assert!(read_word(bottom).is_some(), "MADV_{name} removed the stack");
+        }
+        // Pooled and handed out again: the same slot, still guarded.
+        drop(stack);
+        let again = Stack::new(size).unwrap();
+        assert_eq!(
+            again.bottom() as usize,
+            bottom,
+            "the pooled stack was not reused"
+        );
+        assert_eq!(
+            read_word(guard),
+            None,
+            "the reused stack lost its guard region"
+        );
+        // Released while its slab lives on: its pages go back to the kernel, its guard stays.
+        // SAFETY: as above.
+        unsafe { (bottom as *mut u64).write_volatile(0x5eed) };
+        again.unmap();
+        assert_eq!(super::slab::count(), 1);
+        assert_eq!(read_word(bottom), Some(0), "a released slot kept its pages");
+        assert_eq!(
+            read_word(guard),
+            None,
+            "a released slot lost its guard region"
+        );
+        // The last stack of the slab unmaps it.
+        below.unmap();
+        assert_eq!(super::slab::count(), 0, "an empty slab stayed mapped");
+        assert_eq!(read_word(bottom), None);
+    })
+    .join()
+    .unwrap();
+}

@@ -272,41 +272,191 @@ pub(crate) fn frame_names(trace: &str) -> Vec<&str> {
         .collect()
 }
 
+/// Whether the byte at `address` can be read, asked of the kernel (`process_vm_readv` on this
+/// process), so that a guard page answers `false` instead of faulting.
+pub(crate) fn readable(address: usize) -> bool {
+    let mut byte = 0u8;
+    let local = libc::iovec {
+        iov_base: (&mut byte as *mut u8).cast(),
+        iov_len: 1,
+    };
+    let remote = libc::iovec {
+        iov_base: address as *mut libc::c_void,
+        iov_len: 1,
+    };
+    // SAFETY: the kernel writes one byte into `byte`; it reads `address` through the page
+    // tables, so an inaccessible page is reported as an error, never touched.
+    unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) == 1 }
+}
+
 /// Checks that the stack holding `address`, of `size` usable bytes, has a guard page right below
-/// its lowest usable byte: in `/proc/self/maps`, the read-write mapping holding `address` starts
-/// less than `size` bytes below it (so at this stack's bottom, not at the bottom of a larger
-/// mapping the stack is carved from), and ends a mapping without any access. Returns what was
-/// found otherwise; never panics, so it can run on a stack that must not unwind.
+/// its lowest usable byte: going down page by page from `address`, the first page that cannot
+/// be read lies less than `size` bytes below it (so right below this stack, not below a
+/// neighbour it was carved beside), and it is a guard: a mapping without any access in
+/// `/proc/self/maps`, or, inside a read-write mapping, a guard region (`MADV_GUARD_INSTALL`,
+/// which `/proc/self/maps` does not show). Returns what was found otherwise; never panics, so
+/// it can run on a stack that must not unwind.
 pub(crate) fn guard_page_below(address: usize, size: usize) -> Result<(), String> {
+    let page = 4096;
+    let mut below = address / page * page;
+    while readable(below) {
+        if address - below >= size {
+            return Err(format!(
+                "every page from {address:#x} down to {below:#x}, {size} bytes or more, is \
+                 readable: no guard page below the stack"
+            ));
+        }
+        below -= page;
+    }
     let maps = std::fs::read_to_string("/proc/self/maps").map_err(|error| error.to_string())?;
     // Each line: `start-end perms offset device inode [path]`, addresses in hex.
-    let mappings: Vec<(usize, usize, &str)> = maps
+    let holding = maps.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let (start, end) = fields.next()?.split_once('-')?;
+        let start = usize::from_str_radix(start, 16).ok()?;
+        let end = usize::from_str_radix(end, 16).ok()?;
+        (start..end)
+            .contains(&below)
+            .then(|| fields.next().map(str::to_string))?
+    });
+    match holding {
+        Some(permissions) if permissions.starts_with("---") => Ok(()),
+        // Readable by its permissions but not by the kernel: a guard region.
+        Some(permissions) if permissions.starts_with("rw") => Ok(()),
+        Some(permissions) => Err(format!(
+            "the page at {below:#x} is {permissions}, not a guard"
+        )),
+        None => Err(format!(
+            "nothing is mapped at {below:#x}, right below the stack"
+        )),
+    }
+}
+
+/// Memory maps held to bring this process to `vm.max_map_count` (see [`fill_map_count`]);
+/// unmapped on drop.
+pub(crate) struct MapFiller {
+    mappings: Vec<(usize, usize)>,
+}
+
+impl Drop for MapFiller {
+    fn drop(&mut self) {
+        for &(start, len) in &self.mappings {
+            // SAFETY: each range is a whole mapping made by `fill_map_count`, used by no one.
+            unsafe { libc::munmap(start as *mut libc::c_void, len) };
+        }
+    }
+}
+
+/// Maps `pages` pages that no stack mapping can merge with (read-only), or `None`.
+fn map_filler_pages(pages: usize, protection: libc::c_int) -> Option<usize> {
+    // SAFETY: an anonymous mapping at an address of the kernel's choosing touches nothing else.
+    let start = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            pages * 4096,
+            protection,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    (start != libc::MAP_FAILED).then_some(start as usize)
+}
+
+/// Takes memory maps until the kernel refuses another one: a large read-only mapping split
+/// into one map per page by `mprotect`ing every other page, then single pages of alternating
+/// protections (so that no two merge) until `mmap` fails. Costs no memory (nothing is
+/// touched); the process's next new map fails with `ENOMEM`, as it would with
+/// `vm.max_map_count` reached by real use.
+pub(crate) fn fill_map_count() -> MapFiller {
+    let limit = max_map_count();
+    let count = std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
         .lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let (start, end) = fields.next()?.split_once('-')?;
-            let start = usize::from_str_radix(start, 16).ok()?;
-            let end = usize::from_str_radix(end, 16).ok()?;
-            Some((start, end, fields.next()?))
-        })
-        .collect();
-    let &(start, _, permissions) = mappings
-        .iter()
-        .find(|&&(start, end, _)| (start..end).contains(&address))
-        .ok_or_else(|| format!("no mapping holds {address:#x}"))?;
-    if !permissions.starts_with("rw") {
-        return Err(format!("the mapping holding {address:#x} is {permissions}"));
+        .count();
+    let pages = (limit - count.min(limit)) + 2;
+    let start = map_filler_pages(pages, libc::PROT_READ).expect("a filler mapping");
+    let mut filler = MapFiller {
+        mappings: vec![(start, pages * 4096)],
+    };
+    for page in (1..pages).step_by(2) {
+        let address = (start + page * 4096) as *mut libc::c_void;
+        // SAFETY: the page lies inside the filler mapping, which nothing else uses.
+        if unsafe { libc::mprotect(address, 4096, libc::PROT_NONE) } != 0 {
+            break;
+        }
     }
-    if address - start >= size {
-        return Err(format!(
-            "the mapping holding {address:#x} starts {} bytes below it, more than the stack's \
-             {size} bytes: the stack is carved from a larger mapping",
-            address - start
-        ));
+    for round in 0.. {
+        assert!(round < 10_000, "mmap never refused a map");
+        let protection = if round % 2 == 0 {
+            libc::PROT_NONE
+        } else {
+            libc::PROT_READ
+        };
+        match map_filler_pages(1, protection) {
+            Some(start) => filler.mappings.push((start, 4096)),
+            None => break,
+        }
     }
-    match mappings.iter().find(|&&(_, end, _)| end == start) {
-        Some((_, _, below)) if below.starts_with("---") => Ok(()),
-        Some((_, _, below)) => Err(format!("the page below {start:#x} is {below}, not a guard")),
-        None => Err(format!("nothing is mapped right below {start:#x}")),
+    filler
+}
+
+/// `vm.max_map_count`, the kernel's limit on a process's memory maps.
+pub(crate) fn max_map_count() -> usize {
+    std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Runs [`child_command`] with `environment` added, killing it and failing if it runs longer
+/// than `limit`: a child that hangs is a failure, not a stuck test run.
+pub(crate) fn run_child_within(
+    test_name: &str,
+    role: &str,
+    environment: &[(&str, &str)],
+    limit: std::time::Duration,
+) -> Output {
+    let mut command = child_command(test_name, role);
+    command.envs(environment.iter().copied());
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the test binary again");
+    let started = std::time::Instant::now();
+    while child.try_wait().expect("wait for the child").is_none() {
+        if started.elapsed() > limit {
+            child.kill().expect("kill the child");
+            let output = child
+                .wait_with_output()
+                .expect("collect the child's output");
+            panic!("the child `{role}` ran longer than {limit:?}: {output:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child
+        .wait_with_output()
+        .expect("collect the child's output")
+}
+
+/// Whether this kernel has guard regions (`MADV_GUARD_INSTALL`, Linux 6.13+), tried on a
+/// scratch mapping the way the library probes for them.
+pub(crate) fn kernel_has_guard_regions() -> bool {
+    // SAFETY: a fresh anonymous mapping, advised and unmapped here; nothing else uses it.
+    unsafe {
+        let scratch = libc::mmap(
+            std::ptr::null_mut(),
+            8192,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        assert_ne!(scratch, libc::MAP_FAILED);
+        let result = libc::madvise(scratch, 4096, 102);
+        libc::munmap(scratch, 8192);
+        result == 0
     }
 }
