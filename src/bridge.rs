@@ -231,7 +231,6 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use crate::greenlet::{DrivenGreenlet, NotAwaited, await_in_driven, in_driven};
-use crate::stack::DEFAULT_STACK_SIZE;
 
 pub use crate::greenlet::Cancelled;
 
@@ -259,7 +258,7 @@ pub use crate::greenlet::Cancelled;
 /// ```
 #[track_caller]
 pub fn async_def<'a, R, F: FnOnce() -> R + 'a>(f: F) -> AsyncDef<'a, R> {
-    match DrivenGreenlet::new(f, DEFAULT_STACK_SIZE) {
+    match DrivenGreenlet::new(f, crate::stack::default_stack_size()) {
         Ok(greenlet) => AsyncDef {
             _stays_on_its_thread: PhantomData,
             greenlet,
@@ -330,8 +329,8 @@ pub struct AsyncDef<'a, R> {
 }
 
 impl<'a, R> AsyncDef<'a, R> {
-    /// Runs the function on a stack of `bytes` bytes instead of the default
-    /// [`DEFAULT_STACK_SIZE`].
+    /// Runs the function on a stack of `bytes` bytes instead of the thread's
+    /// [`default_stack_size`](crate::stack::default_stack_size).
     ///
     /// # Panics
     ///

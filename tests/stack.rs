@@ -7,8 +7,8 @@ mod common;
 
 use awaitlet::engine::{Fiber, Resumed};
 use awaitlet::stack::{
-    DEFAULT_STACK_SIZE, MAX_STACK_SIZE, MIN_STACK_SIZE, POOL_CAPACITY, Stack, StackError, pool_len,
-    trim_pool,
+    DEFAULT_STACK_SIZE, MAX_STACK_SIZE, MIN_STACK_SIZE, POOL_CAPACITY, Stack, StackError,
+    default_stack_size, pool_len, set_default_stack_size, trim_pool,
 };
 use awaitlet::{Greenlet, async_def};
 use common::{
@@ -455,6 +455,51 @@ fn no_safe_way_to_get_a_stack_gives_one_without_a_guard_page_below_it() {
         // SAFETY: `previous` is the default, guard pages on, which has no requirement.
         unsafe { awaitlet::stack::set_guard_pages(previous) };
         trim_pool();
+    })
+    .join()
+    .unwrap();
+}
+
+/// Whether a guard page lies less than `size` bytes below a local of this function's frame.
+#[inline(never)]
+fn guard_within(size: usize) -> Result<(), String> {
+    let here = black_box(0u8);
+    guard_page_below(&here as *const u8 as usize, size)
+}
+
+#[test]
+fn greenlet_new_and_async_def_use_the_threads_default_stack_size() {
+    std::thread::spawn(|| {
+        let size = 128 * 1024;
+        let on_greenlet = || {
+            Greenlet::new(move |()| guard_within(size))
+                .switch::<(), Result<(), String>>(())
+                .unwrap()
+        };
+        let on_async_def = || match poll_once(&mut async_def(|| guard_within(size))) {
+            Poll::Ready(found) => found,
+            Poll::Pending => Err("the async_def did not finish".to_string()),
+        };
+        // With the default 1 MiB, the guard page is farther than 128 KiB down: the check fails.
+        assert!(on_greenlet().is_err());
+        assert!(on_async_def().is_err());
+        assert_eq!(set_default_stack_size(size), Ok(DEFAULT_STACK_SIZE));
+        assert_eq!(default_stack_size(), size);
+        assert_eq!(on_greenlet(), Ok(()), "Greenlet::new");
+        assert_eq!(on_async_def(), Ok(()), "async_def");
+        std::thread::spawn(|| assert_eq!(default_stack_size(), DEFAULT_STACK_SIZE))
+            .join()
+            .expect("the default leaked to another thread");
+        assert!(matches!(
+            set_default_stack_size(MIN_STACK_SIZE - 1),
+            Err(StackError::TooSmall { .. })
+        ));
+        assert_eq!(
+            default_stack_size(),
+            size,
+            "a refused size changed the default"
+        );
+        assert_eq!(set_default_stack_size(DEFAULT_STACK_SIZE), Ok(size));
     })
     .join()
     .unwrap();

@@ -200,7 +200,7 @@ use std::any::Any;
 use std::borrow::Cow;
 use std::fmt;
 
-use crate::stack::{DEFAULT_STACK_SIZE, Stack, StackError};
+use crate::stack::{Stack, StackError};
 pub use trace::{TraceEvent, TraceHook, gettrace, settrace};
 
 use self::core::{Payload, RecordRef, State};
@@ -263,7 +263,8 @@ impl Builder {
         self
     }
 
-    /// The size of the greenlet's stack in bytes (by default [`DEFAULT_STACK_SIZE`]).
+    /// The size of the greenlet's stack in bytes (by default the thread's
+    /// [`default_stack_size`](crate::stack::default_stack_size)).
     pub fn stack_size(mut self, bytes: usize) -> Builder {
         self.stack_size = Some(bytes);
         self
@@ -283,7 +284,10 @@ impl Builder {
         B: 'static,
         F: FnOnce(A) -> B + 'static,
     {
-        let stack = Stack::new(self.stack_size.unwrap_or(DEFAULT_STACK_SIZE))?;
+        let stack = Stack::new(
+            self.stack_size
+                .unwrap_or_else(crate::stack::default_stack_size),
+        )?;
         let parent = self.parent.unwrap_or_else(getcurrent);
         Ok(Greenlet {
             record: core::new_record(stack, run, parent, self.name),

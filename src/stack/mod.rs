@@ -449,6 +449,50 @@ fn size_error(requested: usize) -> StackError {
     }
 }
 
+thread_local! {
+    /// This thread's default stack size (see [`set_default_stack_size`]).
+    static DEFAULT_SIZE: Cell<usize> = const { Cell::new(DEFAULT_STACK_SIZE) };
+}
+
+/// Sets the stack size this thread's greenlets get when none is given: by
+/// [`Greenlet::new`](crate::Greenlet::new), [`Greenlet::builder`](crate::Greenlet::builder)
+/// without [`stack_size`](crate::greenlet::Builder::stack_size), and
+/// [`async_def`](crate::async_def) without [`AsyncDef::stack_size`](crate::AsyncDef::stack_size).
+/// Returns the previous default. A runtime's worker threads can set it once when they start
+/// (tokio's `on_thread_start`, for one).
+///
+/// The size is rounded up to whole pages, as for [`Stack::new`]; a size outside
+/// [`MIN_STACK_SIZE`]..=[`MAX_STACK_SIZE`] is refused and the default stays as it was.
+///
+/// ```
+/// use awaitlet::stack::{default_stack_size, set_default_stack_size, DEFAULT_STACK_SIZE};
+///
+/// assert_eq!(default_stack_size(), DEFAULT_STACK_SIZE);
+/// let previous = set_default_stack_size(256 * 1024)?;
+/// let size = awaitlet::Greenlet::new(|()| awaitlet::stack::default_stack_size())
+///     .switch::<(), usize>(())
+///     .unwrap();
+/// assert_eq!(size, 256 * 1024);
+/// assert!(set_default_stack_size(0).is_err());
+/// set_default_stack_size(previous)?;
+/// # Ok::<(), awaitlet::stack::StackError>(())
+/// ```
+pub fn set_default_stack_size(bytes: usize) -> Result<usize, StackError> {
+    let size = checked_size(bytes)?;
+    Ok(DEFAULT_SIZE.with(|default| default.replace(size)))
+}
+
+/// The stack size this thread's greenlets get when none is given: [`DEFAULT_STACK_SIZE`]
+/// unless [`set_default_stack_size`] changed it.
+///
+/// ```
+/// assert_eq!(awaitlet::stack::default_stack_size(), 1024 * 1024);
+/// ```
+#[inline]
+pub fn default_stack_size() -> usize {
+    DEFAULT_SIZE.with(Cell::get)
+}
+
 /// How many stacks this thread's pool holds now.
 ///
 /// ```
