@@ -21,16 +21,20 @@
 //!   Target: <= 20 ns.
 //! - `fresh`: the stack is mapped and unmapped every iteration, bypassing the pool; this is what
 //!   the pool saves.
+//! - `carving`: a slab's worth of stacks ([`SLAB_STACKS`]) made in a row bypassing the pool,
+//!   then released; reported per stack. Where the kernel has guard regions the stacks are
+//!   carved from one shared mapping, a guard region installed below each; elsewhere each is a
+//!   mapping of its own with an `mprotect` guard page.
 
 use std::hint::black_box;
 
 use awaitlet::engine::{Fiber, Resumed};
-use awaitlet::stack::{DEFAULT_STACK_SIZE, Stack};
+use awaitlet::stack::{DEFAULT_STACK_SIZE, SLAB_STACKS, Stack};
 use context::stack::ProtectedFixedSizeStack;
 use context::{Context, Transfer};
 use corosensei::stack::DefaultStack;
 use corosensei::{Coroutine, CoroutineResult};
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 fn switch_roundtrip(c: &mut Criterion) {
     let mut group = c.benchmark_group("switch_roundtrip");
@@ -125,6 +129,15 @@ fn stack(c: &mut Criterion) {
             // Bypass the pool on the way out too, so every iteration maps and unmaps.
             fiber.into_stack().unmap();
             v
+        })
+    });
+
+    group.throughput(Throughput::Elements(SLAB_STACKS as u64));
+    let mut stacks = Vec::with_capacity(SLAB_STACKS);
+    group.bench_function("carving", |b| {
+        b.iter(|| {
+            stacks.extend((0..SLAB_STACKS).map(|_| Stack::fresh(DEFAULT_STACK_SIZE).unwrap()));
+            stacks.drain(..).for_each(Stack::unmap);
         })
     });
 
