@@ -1,14 +1,14 @@
-//! Greenlet stacks: mmap'd, guard-paged (or densely carved, an unsafe opt-in), lazily
-//! committed, pooled per thread.
+//! Greenlet stacks: mmap'd, each over a guard page, lazily committed, pooled per thread; many
+//! of them share a mapping where the kernel allows it.
 //!
 //! # Layout
 //!
-//! Each stack is one anonymous private mapping. Its lowest page is made `PROT_NONE`, so running
-//! off the end faults instead of scribbling over a neighbour; a small header sits at the very
-//! top, above the first frame:
+//! Every stack has an inaccessible guard page right below its usable part, so running off the
+//! end faults instead of scribbling over a neighbour; a small header sits at the very top,
+//! above the first frame:
 //!
 //! ```text
-//!   mapping end   +-------------------------+
+//!   stack end     +-------------------------+
 //!                 | header (registry, size) |
 //!   stack top --> +-------------------------+  16-byte aligned
 //!                 | owner's data            |  a greenlet's closure and record (a fiber's
@@ -18,56 +18,97 @@
 //!                 |  (`size` bytes)         |  on first touch (MAP_NORESERVE)
 //!                 |                         |
 //!                 +-------------------------+
-//!                 | guard page (PROT_NONE)  |  a touch here is a stack overflow: see below
-//!   mapping start +-------------------------+
+//!                 | guard page              |  a touch here is a stack overflow: see below
+//!   stack start   +-------------------------+
 //! ```
+//!
+//! Where the kernel has guard regions (`MADV_GUARD_INSTALL`, Linux 6.13+; probed once per
+//! process, see `guard.rs`), stacks of one size are carved side by side from shared mappings
+//! (slabs) of up to [`SLAB_STACKS`], and each one's guard page is a guard region: the page is
+//! marked in the page tables and the mapping stays whole. A slab is one kernel map however many
+//! stacks it holds, and neighbouring slabs even merge into one. Elsewhere each stack is a
+//! mapping of its own whose lowest page is made `PROT_NONE` with `mprotect`, which splits it
+//! into two maps. See `slab.rs` for the slab layout.
 //!
 //! # Size
 //!
-//! [`DEFAULT_STACK_SIZE`] is 1 MiB. Only touched pages cost memory (the mapping is
+//! [`DEFAULT_STACK_SIZE`] is 1 MiB; [`set_default_stack_size`] changes it for one thread (a
+//! runtime's worker threads can set it once). Only touched pages cost memory (the mapping is
 //! `MAP_NORESERVE`, so it is not even charged against overcommit), so the default can afford to
 //! be generous where it matters: synchronous code ported to greenlets is exactly the deep kind
 //! (recursive-descent parsers, serde's recursive visitors, ORMs walking object graphs), and it
 //! is often run unoptimised in tests, where frames are several times larger. A greenlet that
-//! touches 8 KiB of its stack uses 8 KiB of memory whether its mapping is 64 KiB or 1 MiB; the
-//! virtual size only spends address space, of which x86_64 has 128 TiB (a hundred thousand
-//! default stacks take 100 GiB of it). Sizes are rounded up to whole pages; the limits are
-//! [`MIN_STACK_SIZE`] and [`MAX_STACK_SIZE`].
+//! touches 8 KiB of its stack uses 8 KiB of memory whether its mapping is 64 KiB or 1 MiB.
+//! Sizes are rounded up to whole pages; the limits are [`MIN_STACK_SIZE`] and
+//! [`MAX_STACK_SIZE`].
+//!
+//! Why 1 MiB and not a `std` thread's 2 MiB: the virtual size is not free at scale. Measured
+//! with a million `async_def`s suspended in a shallow wait (`examples/resident_memory.rs`):
+//!
+//! | default   | address space | page tables | resident (`VmRSS`) | kernel maps |
+//! |-----------|---------------|-------------|--------------------|-------------|
+//! | 1 MiB     | 1.0 TiB       | 2.0 GiB     | 4.0 GiB            | a few       |
+//! | 2 MiB     | 2.0 TiB       | 4.0 GiB     | 4.0 GiB            | a few       |
+//!
+//! Each suspended greenlet keeps its top page resident, and a page-table page maps 2 MiB: at a
+//! 1 MiB spacing two stacks share one, at 2 MiB every stack needs its own 4 KiB page table, as
+//! much again as the stack itself. Both fit x86_64's 128 TiB of user address space many times
+//! over, and `MAP_NORESERVE` keeps them out of overcommit accounting (in the heuristic mode 0,
+//! the default; the strict mode 2 counts them, and a terabyte will not fit there).
 //!
 //! # Pool
 //!
-//! Mapping a stack takes two system calls (`mmap`, `mprotect`) and unmapping one; together
+//! Making a stack takes a system call or two (carving: `madvise` for the guard region, plus an
+//! `mmap` per slab; otherwise `mmap` and `mprotect`), and releasing one another; together
 //! several microseconds, against a few nanoseconds for everything else in a greenlet's life.
 //! So a dropped [`Stack`] goes to a per-thread pool of at most [`POOL_CAPACITY`] stacks, and
 //! [`Stack::new`] takes one from there when it can. Reuse keeps the pages a stack has touched;
 //! to bound what a pool holds after a burst of deep recursion, every [`TRIM_PERIOD`]th stack
 //! returned to the pool has its pages deeper than [`POOL_WATERMARK`] released to the kernel
-//! (`MADV_DONTNEED`). [`trim_pool`] unmaps every pooled stack at once. Pooled stacks are
-//! unmapped when their thread exits.
+//! (`MADV_DONTNEED`, which leaves guard regions in place). [`trim_pool`] releases every pooled
+//! stack at once. Pooled stacks are released when their thread exits. A carved stack released
+//! while its slab still holds others gives its pages back to the kernel; a slab is unmapped
+//! when its last stack is released.
 //!
 //! # Overflow
 //!
-//! A fault in a guard page is reported by a `SIGSEGV` handler running on an alternate signal
-//! stack (the overflowed stack has no room left): it prints one line naming the greenlet stack's
-//! size and how to raise it, then aborts. Faults anywhere else go to whatever handler was
-//! installed before, unchanged. See `overflow.rs`.
+//! A fault in a guard page (a guard region or an `mprotect`ed page alike) is reported by a
+//! `SIGSEGV` handler running on an alternate signal stack (the overflowed stack has no room
+//! left): it prints one line naming the greenlet stack's size and how to raise it, then
+//! aborts. Faults anywhere else go to whatever handler was installed before, unchanged. See
+//! `overflow.rs`.
+//!
+//! # Maps and limits
+//!
+//! Linux caps the kernel memory maps (VMAs) of a process at `vm.max_map_count`, 65,530 by
+//! default. With guard regions, stacks take almost none of them: a million suspended greenlets
+//! on default stacks ran with under 40 maps in the whole process. With `mprotect` guard pages a
+//! stack takes two, its guard page and its usable part (they can never merge with a
+//! neighbour's, their protections alternate), so about 32,000 stacks can be alive at once.
+//!
+//! Every limit a new stack can hit is a [`StackError`] that names it: the map count
+//! ([`StackError::MapCountExhausted`], with the value of `vm.max_map_count` and how to raise
+//! it), the address-space limit `RLIMIT_AS` ([`StackError::AddressSpaceExhausted`]), and the
+//! kernel's memory otherwise ([`StackError::OutOfMemory`]). The diagnosis allocates nothing: it
+//! reads `/proc` with `read(2)` into buffers on the stack, since with the maps exhausted an
+//! allocation that needs a new mapping fails too. `async_def` and `Greenlet::new` panic with
+//! the error's message.
 //!
 //! # Dense stacks
 //!
-//! Linux caps the kernel memory maps (VMAs) of a process at `vm.max_map_count`, 65,530 by
-//! default. A guarded stack takes two: its `PROT_NONE` guard page and its read-write part,
-//! which can never merge with a neighbour's since their protections alternate. So about 32,000
-//! guarded stacks can be alive at once, and past that [`Stack::new`] fails with
-//! [`StackError::MapCountExhausted`] (and `async_def` panics with its message).
+//! [`set_guard_pages(false)`](set_guard_pages), an `unsafe` opt-in, makes the calling thread's
+//! new stacks without guard pages: they are carved from slabs of [`SLAB_STACKS`] stacks of one
+//! size with a single `PROT_NONE` page at the very bottom of the slab, and a canary instead of
+//! a guard page below each stack. A slab costs two maps in all, so millions of stacks fit under
+//! the default map limit on any kernel: a hundred thousand 1 MiB stacks take about 3,200 maps.
+//! Carved stacks go through the same pool as guarded ones (the pool hands out only stacks of
+//! the kind the thread asks for) and are registered with Valgrind the same way. Memory is
+//! committed page by page as with guarded stacks.
 //!
-//! [`set_guard_pages(false)`](set_guard_pages), an `unsafe` opt-in, lifts that limit for the
-//! calling thread: its new stacks are carved from shared mappings (slabs) of [`SLAB_STACKS`]
-//! stacks of one size, with one guard page at the very bottom of the slab. The carved stacks
-//! sit side by side in one read-write region, so a slab costs two maps in all: a hundred
-//! thousand 1 MiB stacks take about 3,200 maps. Carved stacks go through the same pool as guarded ones (the pool hands out
-//! only stacks of the kind the thread asks for), are registered with Valgrind the same way, and
-//! a slab is unmapped when the last of its stacks is released. Memory is committed page by page
-//! as with guarded stacks: a greenlet suspended a few frames deep keeps one page resident.
+//! Where the kernel has guard regions this mode buys nothing: guarded stacks take no more maps
+//! and no more memory (a guard region is one page of address space, never resident). It stays
+//! for kernels before 6.13, where it is the only way past about 32,000 greenlets without
+//! raising `vm.max_map_count`.
 //!
 //! The price is overflow detection. Only the lowest stack of a slab sits on a guard page. Every
 //! carved stack has instead a canary of [`CANARY_BYTES`] at its bottom, checked when the stack
@@ -85,14 +126,7 @@
 //! over the canary, and its writes land in the stack below while the canary stays intact:
 //! memory is corrupted and nothing is reported. That is why [`set_guard_pages`] is an `unsafe`
 //! fn whose caller promises that no stack made while guard pages are off is ever used beyond
-//! its size, why guard pages stay the default, and why dense stacks are for programs that need
-//! more greenlets than the map limit allows and can bound what runs on them. Unless that
-//! unsafe call turned them off, every stack has a guard page right below it.
-//!
-//! The alternatives were worse: raising `vm.max_map_count` needs root and is a system-wide
-//! setting; stacks without any protection would overflow silently; a guard page per stack,
-//! however the stacks are grouped, costs a map per stack for the guard and one per stack for
-//! the read-write part between two guards.
+//! its size, why guard pages stay the default, and why no safe API gives a stack without one.
 
 mod guard;
 mod os;
@@ -229,9 +263,11 @@ struct Header {
     registry_next: Cell<*mut Header>,
     /// Next stack in this thread's pool, while pooled.
     pool_next: Cell<*mut Header>,
-    /// Start of the mapping, which is also the start of the guard page.
+    /// Start of the guard page below the stack, looked up by the overflow handler (for a stack
+    /// with a mapping of its own, also the start of the mapping); 0 for a carved stack without
+    /// a guard page.
     mapping_start: usize,
-    /// Length of the whole mapping.
+    /// Length of the whole mapping, for a stack with a mapping of its own.
     mapping_len: usize,
     /// Usable bytes between the guard page and the mapping end.
     size: usize,
@@ -248,8 +284,8 @@ struct Header {
 /// their low bits are free).
 const CARVED_KEY: usize = 1;
 
-/// One greenlet stack: a guard-paged mapping, owned, `!Send` (it is registered with its thread's
-/// overflow handler and pool).
+/// One greenlet stack with a guard page below it (unless made with guard pages off), owned,
+/// `!Send` (it is registered with its thread's overflow handler and pool).
 ///
 /// Dropping a `Stack` returns it to the thread's pool (or unmaps it when the pool is full or the
 /// thread is exiting).
@@ -523,20 +559,21 @@ pub fn trim_pool() {
 /// Bytes at the bottom of every stack carved without a guard page taken by its canary.
 pub const CANARY_BYTES: usize = slab::CANARY_BYTES;
 
-/// How many stacks one shared mapping (slab) holds at most when guard pages are off; fewer
-/// for stacks above 4 MiB, so that a slab spans at most 256 MiB.
+/// How many stacks one shared mapping (slab) holds at most; fewer for stacks above 4 MiB, so
+/// that a slab spans at most 256 MiB.
 pub const SLAB_STACKS: usize = slab::SLAB_STACKS;
 
 /// Turns guard pages on or off for the stacks this thread makes from now on; returns the
 /// previous setting. They are on by default.
 ///
-/// With guard pages on, every stack is a mapping of its own with a `PROT_NONE` page below it:
-/// an overflow faults at once and is reported. That costs two kernel memory maps per stack, and
-/// Linux allows a process `vm.max_map_count` maps (65,530 by default), so about 32,000 stacks
-/// can be alive at once.
+/// With guard pages on, every stack has an inaccessible page below it: an overflow faults at
+/// once and is reported. Where the kernel has guard regions (Linux 6.13+) that costs next to no
+/// kernel memory maps, and a million stacks fit under the default `vm.max_map_count` (65,530);
+/// elsewhere it costs two maps per stack, so about 32,000 stacks can be alive at once.
 ///
 /// With guard pages off, stacks are carved from shared mappings of [`SLAB_STACKS`] stacks
-/// (slabs) that cost two maps each, so millions of stacks fit under the default limit. An
+/// (slabs) that cost two maps each, so millions of stacks fit under the default limit on any
+/// kernel; where guard regions exist, turning guard pages off gains nothing. An
 /// overflow then cannot fault (except in the lowest stack of a slab): it runs into the stack
 /// below. A canary at the bottom of each stack, checked when the stack is released, reports
 /// the overflows that write over it, but only after the fact, and not all of them. See the

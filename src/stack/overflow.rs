@@ -9,9 +9,13 @@
 //! - the thread gets an alternate signal stack if it has none (threads started by `std` already
 //!   have one), because the handler cannot run on the stack that just overflowed.
 //!
-//! The handler compares the fault address with the guard pages of the stacks mapped by the
+//! The handler compares the fault address with the guard pages of the stacks made by the
 //! faulting thread (a thread-local intrusive list through the stack headers; the fault is
-//! synchronous, so the list is the faulting thread's own). On a hit it writes
+//! synchronous, so the list is the faulting thread's own). Every stack with a guard page is
+//! listed, whatever its kind: a guard region below a stack carved from a slab, an `mprotect`ed
+//! page below a stack with a mapping of its own, or the `PROT_NONE` page at the bottom of a
+//! slab without guard pages. A touch of a guard region faults with `SIGSEGV` like a touch of
+//! a `PROT_NONE` page, with the address in `si_addr`. On a hit it writes
 //!
 //! ```text
 //! awaitlet: a greenlet overflowed its 1024 KiB stack; give it a larger one with

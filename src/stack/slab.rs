@@ -1,7 +1,38 @@
-//! Dense stacks: many stacks carved from one shared mapping, with canaries instead of guard pages.
+//! Slabs: many stacks carved from one shared mapping, each over a guard region, or (an unsafe
+//! opt-in) with canaries instead of guard pages.
 //!
 //! A slab is one anonymous mapping holding up to [`SLAB_STACKS`] stacks of one size class,
-//! carved bottom to top, with one `PROT_NONE` page at its very bottom:
+//! carved bottom to top. There are two kinds.
+//!
+//! # Guarded slabs
+//!
+//! Where the kernel has guard regions (see `guard.rs`), each slot is a guard page and the
+//! stack above it, and the guard page is made a guard region when the slot is carved:
+//!
+//! ```text
+//!   slab end      +------------------------------+ <- top of slot n-1
+//!                 | header of slot n-1           |
+//!                 |   ...  slot n-1 ...          |
+//!                 +------------------------------+
+//!                 | guard region of slot n-1     |
+//!                 +------------------------------+ <- top of slot n-2
+//!                 |   ...                        |
+//!                 +------------------------------+ <- top of slot 0
+//!                 | header of slot 0             |
+//!                 |   ...  slot 0 ...            |
+//!                 +------------------------------+
+//!                 | guard region of slot 0       |
+//!   slab start    +------------------------------+
+//! ```
+//!
+//! The whole slab stays one read-write mapping, one kernel map. Every slot's guard page is
+//! registered with the overflow handler like that of a stack with a mapping of its own.
+//!
+//! # Canary slabs
+//!
+//! With guard pages off ([`set_guard_pages(false)`](super::set_guard_pages)), the slots sit
+//! side by side with a canary at the bottom of each, and one `PROT_NONE` page at the slab's
+//! very bottom:
 //!
 //! ```text
 //!   slab end      +------------------------------+
@@ -29,13 +60,18 @@
 //! The slab's data part is one read-write region, so a slab costs two kernel maps in all (the
 //! guard page and the data), against two per stack with guard pages.
 //!
+//! # Both kinds
+//!
 //! Slabs belong to the thread that mapped them: a `Stack` is `!Send`, so its release runs on
 //! that thread too. Each slab counts its live slots (carved and not released; pooled stacks
 //! count as live) and is unmapped when the count falls to zero. Released slots are not carved
-//! again: a slab's memory is reused through the thread's pool, and returned to the kernel when
-//! all of its stacks are gone.
+//! again: a slab's memory is reused through the thread's pool; a slot released while its slab
+//! lives on gives its pages back to the kernel at once (`MADV_DONTNEED`, which keeps guard
+//! regions), and its address space goes with the slab's last stack. A long-lived greenlet can
+//! thus keep the address space of up to [`SLAB_STACKS`] stacks mapped, but no more memory than
+//! its own.
 //!
-//! # Canaries
+//! # Canaries (canary slabs)
 //!
 //! Without a guard page an overflow does not fault: it runs down into the slot below. A canary
 //! of [`CANARY_BYTES`] at the bottom of every slot is checked
