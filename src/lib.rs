@@ -111,8 +111,8 @@
 //!
 //! The crate is built in layers, each depending only on the ones below it:
 //!
-//! 1. `arch`: the context switch, hand-written x86_64 System V assembly with unwind info, or
-//!    Boost.Context's `fcontext` (through the `context` crate) everywhere else;
+//! 1. `arch`: the context switch, hand-written x86_64 System V or AArch64 assembly with unwind
+//!    info, or Boost.Context's `fcontext` (through the `context` crate) everywhere else;
 //! 2. [`stack`]: mmap'd stacks with a guard page, lazily committed and pooled per thread, with a
 //!    clear report on overflow;
 //! 3. [`greenlet`]: the tree of greenlets, `switch`, `throw`, `kill`, kill on drop, with Python
@@ -122,9 +122,10 @@
 //! 5. [`io`]: `std::io` adapters over async streams, for synchronous parsers and encoders
 //!    inside `async_def`.
 //!
-//! Supported targets: Unix. x86_64 (but Apple's) uses the native backend; x86, arm, aarch64,
-//! mips, powerpc and Apple's x86_64 use the portable one, which x86_64 builds can force with
-//! `RUSTFLAGS='--cfg awaitlet_backend="context"'`. Tested: x86_64 Linux, both backends.
+//! Supported targets: Unix. x86_64 and aarch64 (but Apple's) use a native backend; x86, arm,
+//! mips, powerpc and Apple's x86_64 and aarch64 use the portable one, which x86_64 and aarch64
+//! builds can force with `RUSTFLAGS='--cfg awaitlet_backend="context"'`. Tested: x86_64 Linux
+//! and aarch64 Linux (under qemu-user), both backends each.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, unreachable_pub)]
@@ -144,10 +145,11 @@ pub use bridge::{
 };
 pub use greenlet::{Greenlet, GreenletExit, ParentError, SwitchError, getcurrent};
 
-/// The context-switch backend compiled in: `"x86_64"` (native) or `"context"` (portable fallback).
+/// The context-switch backend compiled in: `"x86_64"` or `"aarch64"` (native, with unwind info
+/// across switches) or `"context"` (portable fallback).
 ///
 /// ```
-/// assert!(["x86_64", "context"].contains(&awaitlet::BACKEND));
+/// assert!(["x86_64", "aarch64", "context"].contains(&awaitlet::BACKEND));
 /// ```
 pub const BACKEND: &str = arch::BACKEND_NAME;
 

@@ -28,8 +28,9 @@
 //!   | entry fn         |                   | resumer's frames  |
 //!   | Context: link ---+------------------>+-------------------+ <- resumer's saved sp
 //!   |          sp      |                   |                   |
-//!   |          owner   |                   | saved rbp, rip,   |
-//!   | ...              |                   | rbx (see x86_64)  |
+//!   |          owner   |                   | saved frame: rbp, |
+//!   | ...              |                   | rip, rbx (x86_64) |
+//!   |                  |                   | or x29, ip, x19   |
 //!   | trampoline frame |
 //!   | entry(...)       |
 //!   | user frames      |  <- running
@@ -53,10 +54,12 @@
 //!
 //! - `x86_64.rs`: x86_64 System V (ELF) in Rust inline assembly, with CFI. The default on
 //!   x86_64 Unix targets other than Apple's (whose Mach-O assembler directives differ).
+//! - `aarch64.rs`: AArch64 AAPCS64 (ELF) the same way, with CFI. The default on aarch64 Unix
+//!   targets other than Apple's (Mach-O again, and a reserved `x18`).
 //! - `fallback.rs`: the `context` crate (Boost.Context's `fcontext` assembly) on the other Unix
-//!   targets it supports (x86, arm, aarch64, mips, powerpc, and x86_64 on Apple), and on x86_64
-//!   when built with `RUSTFLAGS='--cfg awaitlet_backend="context"'`. It has no CFI, so
-//!   backtraces stop at the root of each greenlet stack.
+//!   targets it supports (x86, arm, mips, powerpc, and x86_64 and aarch64 on Apple), and on
+//!   x86_64 and aarch64 when built with `RUSTFLAGS='--cfg awaitlet_backend="context"'`. It has
+//!   no CFI, so backtraces stop at the root of each greenlet stack.
 //! - anything else: a `compile_error!` naming what is supported.
 
 use std::cell::Cell;
@@ -71,11 +74,20 @@ use std::cell::Cell;
 #[path = "x86_64.rs"]
 mod backend;
 
+#[cfg(all(
+    target_arch = "aarch64",
+    unix,
+    not(target_vendor = "apple"),
+    not(awaitlet_backend = "context")
+))]
+#[path = "aarch64.rs"]
+mod backend;
+
 // The portable backend, on the architectures the `context` crate's build supports.
 #[cfg(all(
     unix,
     any(
-        not(target_arch = "x86_64"),
+        not(any(target_arch = "x86_64", target_arch = "aarch64")),
         target_vendor = "apple",
         awaitlet_backend = "context"
     ),
@@ -105,8 +117,8 @@ mod backend;
     ))
 ))]
 compile_error!(
-    "awaitlet has no context-switch backend for this architecture: the native one is x86_64 \
-     only, and the portable one (Boost.Context through the `context` crate) covers x86, x86_64, \
+    "awaitlet has no context-switch backend for this architecture: the native ones are x86_64 \
+     and aarch64 only, and the portable one (Boost.Context through the `context` crate) covers x86, x86_64, \
      arm, aarch64, mips and powerpc"
 );
 
