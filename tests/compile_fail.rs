@@ -11,6 +11,14 @@
 /// do, not a private part of the crate.
 #[test]
 fn spawning_an_async_def_names_stays_on_its_thread_first() {
+    // The expected files name the standard library's sources as trybuild normalises rustup's
+    // paths (`$RUST/...`); a toolchain that prints other paths (Debian's rustc, in
+    // `.ci/aarch64`) cannot match them, whatever the crate does. The diagnostics do not depend
+    // on the target, and the x86_64 runs check them.
+    if let Ok(why) = std::env::var("AWAITLET_SKIP_COMPILE_FAIL") {
+        println!("skipped: {why}");
+        return;
+    }
     let cases = trybuild::TestCases::new();
     cases.compile_fail("tests/compile_fail/spawn_async_def.rs");
     cases.compile_fail("tests/compile_fail/spawn_assert_await_occurs.rs");

@@ -26,6 +26,12 @@ fn fixture() -> &'static Path {
             "the panic = \"abort\" fixture did not build: {}",
             String::from_utf8_lossy(&built.stderr)
         );
+        // A cross build (`CARGO_BUILD_TARGET`, which the cargo above inherits) puts the
+        // executable under the target's triple.
+        let target = match std::env::var_os("CARGO_BUILD_TARGET") {
+            Some(triple) => target.join(triple),
+            None => target,
+        };
         target.join("debug/awaitlet-panic-abort-check")
     })
 }

@@ -14,6 +14,20 @@ pub(crate) fn is_child(role: &str) -> bool {
     std::env::var(CHILD_ROLE).is_ok_and(|value| value == role)
 }
 
+/// Environment variable that `.ci/aarch64` sets to 1 when it runs the suite under qemu-user.
+pub(crate) const UNDER_QEMU: &str = "AWAITLET_UNDER_QEMU";
+
+/// True, after printing why, when the suite runs under qemu-user (see [`UNDER_QEMU`]) and the
+/// calling test checks something qemu-user does not emulate (`why`); the test then returns.
+/// Under qemu-user every other test runs as it does natively.
+pub(crate) fn skip_under_qemu(why: &str) -> bool {
+    let under_qemu = std::env::var(UNDER_QEMU).is_ok_and(|value| value == "1");
+    if under_qemu {
+        println!("skipped under qemu-user: {why}");
+    }
+    under_qemu
+}
+
 /// Re-runs this test binary, running only `test_name`, with [`CHILD_ROLE`] set to `role`.
 pub(crate) fn child_command(test_name: &str, role: &str) -> Command {
     let mut command = Command::new(std::env::current_exe().expect("test binary path"));
