@@ -100,10 +100,39 @@ struct Pair {
     own: Cell<*const Context>,
 }
 
+/// Fills every callee-saved register that the aarch64 switch leaves to the compiler (`x20`-`x28`,
+/// `d8`-`d15`; `x19` and `x29` the switch restores itself) with junk, so that a value main kept in
+/// one of them across its switch, unsaved, would show.
+/// Inlined always (at every optimisation level), or its own epilogue would restore them.
+#[cfg(target_arch = "aarch64")]
+#[inline(always)]
+fn scribble_on_callee_saved_registers() {
+    // SAFETY: writes only registers declared as outputs; touches no memory.
+    unsafe {
+        std::arch::asm!(
+            "mov x20, #0x5a5a",
+            "mov x21, x20", "mov x22, x20", "mov x23, x20", "mov x24, x20",
+            "mov x25, x20", "mov x26, x20", "mov x27, x20", "mov x28, x20",
+            "fmov d8, x20", "fmov d9, x20", "fmov d10, x20", "fmov d11, x20",
+            "fmov d12, x20", "fmov d13, x20", "fmov d14, x20", "fmov d15, x20",
+            out("x20") _, out("x21") _, out("x22") _, out("x23") _, out("x24") _,
+            out("x25") _, out("x26") _, out("x27") _, out("x28") _,
+            out("v8") _, out("v9") _, out("v10") _, out("v11") _,
+            out("v12") _, out("v13") _, out("v14") _, out("v15") _,
+            options(nomem, nostack),
+        );
+    }
+}
+
 unsafe extern "C" fn check_registers(arg: usize, data: *mut (), sender: *const Context) -> ! {
     // SAFETY: `data` is the test's `Pair`, alive while main is suspended in its switch here.
     let pair = unsafe { &*(data as *const Pair) };
     let from_main = std::ptr::eq(sender, &pair.main);
+    // Nothing of this frame is needed after the switch below, which never returns, so whatever
+    // these registers hold when main resumes is junk unless the switch's contract made main's
+    // own code save them.
+    #[cfg(target_arch = "aarch64")]
+    scribble_on_callee_saved_registers();
     // SAFETY: main is suspended; `own` is this context, set before main switched here.
     unsafe {
         switch_final(
