@@ -75,11 +75,36 @@ fn probe() -> bool {
         // SAFETY: the advice applies to the first page of the scratch mapping we just made.
         let result =
             unsafe { libc::madvise(scratch as *mut libc::c_void, page, MADV_GUARD_INSTALL) };
+        // A success is not enough: `madvise` is a hint, and a layer that does not know this
+        // advice may answer 0 and do nothing (qemu-user does). Only a page the kernel refuses to
+        // read counts as a guard.
+        let guarded = result == 0 && refuses_reads(scratch as *const u8);
         os::unmap(scratch, 2 * page);
-        if result == 0 { REGIONS } else { PROTECTED }
+        if guarded { REGIONS } else { PROTECTED }
     };
     KIND.store(found, Ordering::Relaxed);
     found == REGIONS
+}
+
+/// True when the kernel refuses to read the byte at `address` (it is in a guard region): a
+/// `write` of it into a pipe fails with `EFAULT` instead of copying it. False when the byte is
+/// readable, and when no pipe can be made (the caller then falls back to `mprotect`).
+fn refuses_reads(address: *const u8) -> bool {
+    let mut pipe = [0 as libc::c_int; 2];
+    // SAFETY: `pipe` has room for the two descriptors.
+    if unsafe { libc::pipe(pipe.as_mut_ptr()) } != 0 {
+        return false;
+    }
+    // SAFETY: the kernel reads one byte at `address` or reports `EFAULT`; the descriptors are
+    // ours and closed right after.
+    let written = unsafe { libc::write(pipe[1], address as *const libc::c_void, 1) };
+    let refused = written == -1 && os::errno() == libc::EFAULT;
+    // SAFETY: both descriptors were opened above and are closed once.
+    unsafe {
+        libc::close(pipe[0]);
+        libc::close(pipe[1]);
+    }
+    refused
 }
 
 /// Makes the page at `start` a guard region.
