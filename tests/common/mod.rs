@@ -286,21 +286,37 @@ pub(crate) fn frame_names(trace: &str) -> Vec<&str> {
         .collect()
 }
 
-/// Whether the byte at `address` can be read, asked of the kernel (a `write` of it into a pipe,
-/// which fails with EFAULT), so that a guard page answers `false` instead of faulting.
+/// Whether the byte at `address` can be read, asked of the kernel so that a guard page answers
+/// `false` instead of faulting: with `process_vm_readv` on this process, which reads through
+/// the page tables (and which Valgrind does not check against its own idea of the memory), or,
+/// under qemu-user, whose guest addresses are not the host's, with a `write` of the byte into a
+/// pipe, which qemu translates and fails with EFAULT.
 pub(crate) fn readable(address: usize) -> bool {
-    let mut pipe = [0 as libc::c_int; 2];
-    // SAFETY: `pipe` has room for the two descriptors.
-    assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0, "a pipe");
-    // SAFETY: the kernel copies one byte from `address` into the pipe, reading it through the
-    // page tables (or, under an emulator, through the guest's), so an inaccessible page is
-    // reported as EFAULT, never touched; the descriptors are closed right after.
-    unsafe {
-        let written = libc::write(pipe[1], address as *const libc::c_void, 1);
-        libc::close(pipe[0]);
-        libc::close(pipe[1]);
-        written == 1
+    if std::env::var(UNDER_QEMU).is_ok_and(|value| value == "1") {
+        let mut pipe = [0 as libc::c_int; 2];
+        // SAFETY: `pipe` has room for the two descriptors.
+        assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0, "a pipe");
+        // SAFETY: the byte is copied into the pipe or EFAULT is reported, never a fault; the
+        // descriptors are closed right after.
+        return unsafe {
+            let written = libc::write(pipe[1], address as *const libc::c_void, 1);
+            libc::close(pipe[0]);
+            libc::close(pipe[1]);
+            written == 1
+        };
     }
+    let mut byte = 0u8;
+    let local = libc::iovec {
+        iov_base: (&mut byte as *mut u8).cast(),
+        iov_len: 1,
+    };
+    let remote = libc::iovec {
+        iov_base: address as *mut libc::c_void,
+        iov_len: 1,
+    };
+    // SAFETY: the kernel writes one byte into `byte`; it reads `address` through the page
+    // tables, so an inaccessible page is reported as an error, never touched.
+    unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) == 1 }
 }
 
 /// Checks that the stack holding `address`, of `size` usable bytes, has a guard page right below
