@@ -328,12 +328,14 @@ impl<'a, R> DrivenGreenlet<'a, R> {
         driven.poller.set(me);
         // SAFETY: the running greenlet's record is alive.
         let driving = unsafe { &(*me).driving };
-        driving.set(target);
+        // Put back afterwards, not cleared: a poll made from code that runs while `me` drops
+        // another `AsyncDef` (a trace hook's, say) must not cut that link.
+        let outer_driving = driving.replace(target);
         let word = protocol_word(sender_is_plain(me));
         // SAFETY: `me` runs; the target is unstarted or suspended in `awaitlet`, awaiting a
         // `Resume` (zero-sized: any untagged word), and our record reference keeps it alive.
         let (word, origin) = unsafe { switch_to::<Yielded>(me, target, word) };
-        driving.set(ptr::null());
+        driving.set(outer_driving);
         driven.poller.set(ptr::null());
         // A greenlet suspending in `awaitlet` checked the trace hook before sending 0 (see
         // `SETTLE`), and left the context taken out of its record; a finishing one leaves the
