@@ -747,10 +747,11 @@ pub(crate) fn await_in_driven<F: Future>(fut: F) -> Result<F::Output, NotAwaited
         let poller = driven.poller.get();
         driven.parked.set(true);
         let word = protocol_word(!tracing);
-        // SAFETY: we run; the poller is suspended in `DrivenGreenlet::poll`, awaiting a
-        // `Yielded` (zero-sized: any untagged word), alive while it polls us. It left by the
-        // `switch_to` into us, so its link is the terminator; ours, left as it is, is reached by
-        // no one: no link points into our frames (see `arch::switch_unlinked`).
+        // The poller is suspended in `DrivenGreenlet::poll`, awaiting a `Yielded` (zero-sized:
+        // any untagged word), alive while it polls us. It left by the `switch_to` into us, so its
+        // link is the terminator; ours, left as it is, is reached by no one: no link points into
+        // our frames (see `arch::switch_unlinked`).
+        // SAFETY: we run, and the poller meets `switch_to_unlinked`'s conditions (above).
         let (word, origin) = unsafe { switch_to_unlinked::<Resume>(me, poller, word) };
         driven.parked.set(false);
         // A 0 from the poller: it checked the trace hook and its own count (rule 43: one left
