@@ -24,7 +24,7 @@ use awaitlet::stack::{
 use awaitlet::{AsyncDef, async_def, awaitlet};
 use common::{
     catch, check_child_ok, child_dies_of_overflow, child_killed_by, is_child, max_map_count,
-    overflow_a_fiber_stack, run_child, run_child_with_env, skip_under_qemu, text,
+    overflow_a_fiber_stack, run_child, run_child_with_env, skip_map_count_under_qemu, text,
 };
 
 fn count_mappings() -> usize {
@@ -227,10 +227,7 @@ fn the_lowest_stack_of_a_slab_overflows_into_its_guard_page() {
 
 #[test]
 fn with_guard_pages_the_map_limit_makes_async_def_panic_naming_it() {
-    if skip_under_qemu(
-        "qemu-user hides its own mappings from /proc/self/maps, so the map count that the \
-         diagnosis of ENOMEM reads falls short of the kernel's",
-    ) {
+    if skip_map_count_under_qemu() {
         return;
     }
     if is_child("async-def-map-count") {

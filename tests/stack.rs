@@ -13,7 +13,8 @@ use awaitlet::stack::{
 use awaitlet::{Greenlet, async_def};
 use common::{
     child_dies_of_overflow, child_killed_by, guard_page_below, is_child, overflow_a_fiber_stack,
-    poll_once, recurse_forever, run_child, run_child_within, skip_under_qemu,
+    poll_once, recurse_forever, run_child, run_child_within, skip_map_count_under_qemu,
+    skip_under_qemu,
 };
 use std::hint::black_box;
 use std::task::Poll;
@@ -160,10 +161,7 @@ fn assert_map_count_error(output: std::process::Output) {
 
 #[test]
 fn exhausting_vm_max_map_count_is_an_error_naming_the_limit() {
-    if skip_under_qemu(
-        "qemu-user hides its own mappings from /proc/self/maps, so the map count that the \
-         diagnosis of ENOMEM reads falls short of the kernel's",
-    ) {
+    if skip_map_count_under_qemu() {
         return;
     }
     if is_child("map-count") {
@@ -178,10 +176,7 @@ fn exhausting_vm_max_map_count_is_an_error_naming_the_limit() {
 
 #[test]
 fn async_def_without_a_memory_map_left_panics_naming_the_limit_and_never_hangs() {
-    if skip_under_qemu(
-        "qemu-user hides its own mappings from /proc/self/maps, so the map count that the \
-         diagnosis of ENOMEM reads falls short of the kernel's",
-    ) {
+    if skip_map_count_under_qemu() {
         return;
     }
     if is_child("async-def-map-count") {

@@ -28,6 +28,15 @@ pub(crate) fn skip_under_qemu(why: &str) -> bool {
     under_qemu
 }
 
+/// [`skip_under_qemu`] for the tests that read the map count: qemu-user hides its own mappings
+/// from `/proc/self/maps`.
+pub(crate) fn skip_map_count_under_qemu() -> bool {
+    skip_under_qemu(
+        "qemu-user hides its own mappings from /proc/self/maps, so the map count that the \
+         diagnosis of ENOMEM reads falls short of the kernel's",
+    )
+}
+
 /// Re-runs this test binary, running only `test_name`, with [`CHILD_ROLE`] set to `role`.
 pub(crate) fn child_command(test_name: &str, role: &str) -> Command {
     let mut command = Command::new(std::env::current_exe().expect("test binary path"));
